@@ -1,0 +1,50 @@
+"""Chooses the per-hop hot path: the Cython accelerator or the pure-Python reference.
+
+Both expose the same functions (see ``qnet.crypto.hopcrypto``) and give identical
+bytes. Set ``QNET_PURE=1`` to force the pure-Python path. When the accelerator is
+missing, one line says so on first use (logger ``qnet.crypto``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from types import ModuleType
+
+from qnet.crypto import hopcrypto
+
+log = logging.getLogger("qnet.crypto")
+
+FALLBACK_NOTICE = "qnet: Cython accelerator not available ({why}); using the pure-Python path"
+
+
+def _load() -> tuple[ModuleType, str]:
+    if os.environ.get("QNET_PURE"):
+        return hopcrypto, "QNET_PURE is set"
+    try:
+        from qnet import _fast  # type: ignore[attr-defined]
+    except ImportError as exc:
+        return hopcrypto, f"import failed: {exc}"
+    return _fast, ""
+
+
+backend, fallback_reason = _load()
+BACKEND_NAME: str = backend.BACKEND
+if fallback_reason:
+    log.warning(FALLBACK_NOTICE.format(why=fallback_reason))
+
+OK = hopcrypto.OK
+ERR_LENGTH = hopcrypto.ERR_LENGTH
+ERR_POINT = hopcrypto.ERR_POINT
+ERR_MAC = hopcrypto.ERR_MAC
+
+sphinx_unwrap = backend.sphinx_unwrap
+sphinx_unwrap_batch = backend.sphinx_unwrap_batch
+lioness_encrypt_block = backend.lioness_encrypt_block
+lioness_decrypt_block = backend.lioness_decrypt_block
+cell_xor = backend.cell_xor
+cell_xor_batch = backend.cell_xor_batch
+cell_seal = backend.cell_seal
+cell_seal_batch = backend.cell_seal_batch
+cell_open = backend.cell_open
+cell_open_batch = backend.cell_open_batch

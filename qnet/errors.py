@@ -1,0 +1,58 @@
+"""Typed errors. Decoders raise only these (``DecodeError`` subclasses).
+
+Every ``DecodeError`` carries ``reason``: a short, stable code used in drop
+counters and logs (for example ``bad_mac``). Errors are also ``ValueError`` so
+that callers that only know the standard library still catch them.
+"""
+
+from __future__ import annotations
+
+
+class QNetError(Exception):
+    """Base of every error QNet raises on purpose."""
+
+
+class DecodeError(QNetError, ValueError):
+    """Input bytes were refused. ``reason`` says why, in a short code."""
+
+    reason: str
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class PacketError(DecodeError):
+    """A Sphinx packet was refused (spec/sphinx.md §11)."""
+
+
+class MalformedPacket(PacketError):
+    """Wrong length, small-order key, bad slot layout or unknown command."""
+
+
+class TamperedPacket(PacketError):
+    """Header MAC or payload integrity check failed."""
+
+
+class ReplayedPacket(PacketError):
+    """The packet's replay tag was already seen under this mix key."""
+
+
+class CellError(DecodeError):
+    """A link unit or relay cell was refused (spec/cells.md §4)."""
+
+
+class MalformedCell(CellError):
+    """Wrong length or a bad unit / relay-cell layout."""
+
+
+class TamperedCell(CellError):
+    """The end-to-end AEAD check of a relay cell failed."""
+
+
+class CryptoError(QNetError):
+    """A primitive refused its input (wrong key length, invalid key, bad signature)."""
+
+
+class AuthenticationError(CryptoError):
+    """An AEAD open or a MAC check failed. Deliberately carries no detail."""
