@@ -48,3 +48,40 @@ cell_seal = backend.cell_seal
 cell_seal_batch = backend.cell_seal_batch
 cell_open = backend.cell_open
 cell_open_batch = backend.cell_open_batch
+
+
+_API = (
+    "sphinx_unwrap",
+    "sphinx_unwrap_batch",
+    "lioness_encrypt_block",
+    "lioness_decrypt_block",
+    "cell_xor",
+    "cell_xor_batch",
+    "cell_seal",
+    "cell_seal_batch",
+    "cell_open",
+    "cell_open_batch",
+)
+
+
+def available() -> dict[str, ModuleType]:
+    """Every backend that can be imported here, by name (``python`` is always there)."""
+    found: dict[str, ModuleType] = {"python": hopcrypto}
+    try:
+        from qnet import _fast  # type: ignore[attr-defined]
+    except ImportError:
+        pass
+    else:
+        found["cython"] = _fast
+    return found
+
+
+def select(name: str) -> None:
+    """Route every hot-path call through backend ``name`` (for tests, the linter, benches)."""
+    global backend, BACKEND_NAME
+    module = available().get(name)
+    if module is None:
+        raise LookupError(f"backend {name!r} is not available here")
+    backend, BACKEND_NAME = module, module.BACKEND
+    for fn in _API:
+        globals()[fn] = getattr(module, fn)

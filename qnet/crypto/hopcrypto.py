@@ -59,8 +59,19 @@ def sphinx_hop_okm(shared: bytes, alpha: bytes, node_public: bytes) -> bytes:
     return hkdf_sha256(shared, SPHINX_SALT, alpha + node_public, HOP_OKM_LEN)
 
 
+CELL_COUNTER_MAX: Final = 2**64 - 1
+
+
 def cell_nonce(counter: int) -> bytes:
-    """The 12-byte nonce of cell number ``counter`` (spec/cells.md §3)."""
+    """The 12-byte nonce of cell number ``counter`` (spec/cells.md §3).
+
+    Raises ``CryptoError`` unless ``counter`` is an int in ``0 … 2**64-1`` (so a batch
+    whose counters ``counter + k`` run past 2**64-1 raises too).
+    """
+    if not isinstance(counter, int):
+        raise CryptoError(f"cell counter must be an int, not {type(counter).__name__}")
+    if not 0 <= counter <= CELL_COUNTER_MAX:
+        raise CryptoError("cell counter must be in 0 .. 2**64-1")
     return counter.to_bytes(8, "little") + b"\x00\x00\x00\x00"
 
 
