@@ -21,6 +21,8 @@ FALLBACK_LINE = (
 class OptionalBuildExt(build_ext):
     """A build_ext that turns any failure into a one-line notice."""
 
+    failed = False
+
     def run(self) -> None:
         try:
             super().run()
@@ -33,8 +35,14 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:  # noqa: BLE001
             self._fallback(exc)
 
-    @staticmethod
-    def _fallback(exc: BaseException) -> None:
+    def copy_extensions_to_source(self) -> None:
+        if not self.failed:
+            super().copy_extensions_to_source()
+
+    def _fallback(self, exc: BaseException) -> None:
+        if self.failed:  # later steps fail because the first one did: one line is enough
+            return
+        self.failed = True
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(FALLBACK_LINE.format(why=why[:160]), file=sys.stderr)
 
