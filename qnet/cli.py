@@ -28,8 +28,11 @@ def _demo_sphinx() -> None:
 
     keys = [S.MixKey.generate() for _ in range(3)]
     ids = [os.urandom(32) for _ in range(3)]
-    route = S.iter_route(list(zip(ids, (k.public_bytes for k in keys), strict=True)),
-                         S.Slot(command=S.Command.DELIVER, tag=b"selftest-message"), [5000, 7000, 0])
+    route = S.iter_route(
+        list(zip(ids, (k.public_bytes for k in keys), strict=True)),
+        S.Slot(command=S.Command.DELIVER, tag=b"selftest-message"),
+        [5000, 7000, 0],
+    )
     built = S.build_packet(route, b"hello through three mixes")
     packet = built.packet
     seen: list[set[bytes]] = [set(), set(), set()]
@@ -38,7 +41,10 @@ def _demo_sphinx() -> None:
         result = S.process(packet, key, seen[i])
         dt = (time.perf_counter() - t0) * 1e6
         if isinstance(result, S.Relay):
-            print(f"  mix {i}: relay to {result.next_hop.hex()[:12]}… after {result.delay_us} µs ({dt:.0f} µs)")
+            print(
+                f"  mix {i}: relay to {result.next_hop.hex()[:12]}… "
+                f"after {result.delay_us} µs ({dt:.0f} µs)"
+            )
             packet = result.packet
         elif isinstance(result, S.Deliver):
             print(f"  mix {i}: deliver {result.message.rstrip(bytes(1))!r} ({dt:.0f} µs)")
@@ -58,15 +64,20 @@ def _demo_cells() -> None:
     for i in range(2):
         body = R.PassLayer(keys[i].forward).apply(body)
     got = R.decode_relay_cell(R.EndLayer(keys[2].forward).open(body))
-    print(f"  cell through entry, middle, exit: {got.command.name} stream {got.stream_id} {got.data!r}")
+    print(
+        f"  cell through entry, middle, exit: {got.command.name} "
+        f"stream {got.stream_id} {got.data!r}"
+    )
 
 
 def _selftest() -> int:
     from qnet.lint.cli import run_vectors
     from qnet.lint.vectors import DEFAULT_DIR
 
-    print(f"qnet {__version__} selftest — hot path: {accel.BACKEND_NAME}; backends built: "
-          f"{', '.join(sorted(accel.available()))}")
+    print(
+        f"qnet {__version__} selftest — hot path: {accel.BACKEND_NAME}; backends built: "
+        f"{', '.join(sorted(accel.available()))}"
+    )
     bad = run_vectors(DEFAULT_DIR, sorted(accel.available()))
     print("Sphinx, 3 hops:")
     _demo_sphinx()

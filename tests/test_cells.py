@@ -54,7 +54,9 @@ def test_many_cells_both_directions(backend: str, n: int) -> None:
 def test_tagging_by_a_middle_relay_is_caught_at_the_exit(backend: str) -> None:
     client, keys = circuit(3)
     relays = Relays(keys)
-    body = bytearray(client.seal_forward(R.RelayCell(command=R.RelayCommand.DATA, data=b"x").encode()))
+    body = bytearray(
+        client.seal_forward(R.RelayCell(command=R.RelayCommand.DATA, data=b"x").encode())
+    )
     body[500] ^= 0x10
     with pytest.raises(TamperedCell):
         relays.forward(bytes(body))
@@ -74,11 +76,13 @@ def test_batch_paths_match_single(backend: str) -> None:
     key = os.urandom(32)
     bodies = os.urandom(BODY_LEN * 9)
     single = R.PassLayer(key)
-    one_by_one = b"".join(single.apply(bodies[i * BODY_LEN:(i + 1) * BODY_LEN]) for i in range(9))
+    one_by_one = b"".join(single.apply(bodies[i * BODY_LEN : (i + 1) * BODY_LEN]) for i in range(9))
     assert R.PassLayer(key).apply_batch(bodies) == one_by_one
     sealer, opener = R.EndLayer(key), R.EndLayer(key)
     plains = os.urandom(CELL_PLAINTEXT_LEN * 4)
-    sealed = b"".join(sealer.seal(plains[i * CELL_PLAINTEXT_LEN:(i + 1) * CELL_PLAINTEXT_LEN]) for i in range(4))
+    sealed = b"".join(
+        sealer.seal(plains[i * CELL_PLAINTEXT_LEN : (i + 1) * CELL_PLAINTEXT_LEN]) for i in range(4)
+    )
     assert opener.open_batch(sealed) == plains and opener.counter == 4
     bad = bytearray(sealed)
     bad[BODY_LEN * 2 + 9] ^= 1
@@ -96,8 +100,11 @@ def test_counter_limit() -> None:
 
 
 @FUZZ
-@given(circ=st.integers(0, 2**32 - 1), command=st.sampled_from(list(R.UnitCommand)),
-       body=st.binary(min_size=BODY_LEN, max_size=BODY_LEN))
+@given(
+    circ=st.integers(0, 2**32 - 1),
+    command=st.sampled_from(list(R.UnitCommand)),
+    body=st.binary(min_size=BODY_LEN, max_size=BODY_LEN),
+)
 def test_unit_round_trip(circ: int, command: R.UnitCommand, body: bytes) -> None:
     try:
         unit = R.Unit(circ_id=circ, command=command, body=body)
@@ -107,8 +114,12 @@ def test_unit_round_trip(circ: int, command: R.UnitCommand, body: bytes) -> None
 
 
 @FUZZ
-@given(raw=st.one_of(st.binary(max_size=UNIT_LEN + 4), st.binary(min_size=8, max_size=8).map(
-    lambda h: h + bytes(BODY_LEN))))
+@given(
+    raw=st.one_of(
+        st.binary(max_size=UNIT_LEN + 4),
+        st.binary(min_size=8, max_size=8).map(lambda h: h + bytes(BODY_LEN)),
+    )
+)
 def test_decode_unit_fuzz(raw: bytes) -> None:
     try:
         unit = R.decode_unit(raw)
@@ -118,8 +129,11 @@ def test_decode_unit_fuzz(raw: bytes) -> None:
 
 
 @FUZZ
-@given(command=st.sampled_from(list(R.RelayCommand)), stream=st.integers(0, 2**16 - 1),
-       data=st.binary(max_size=RELAY_DATA_MAX))
+@given(
+    command=st.sampled_from(list(R.RelayCommand)),
+    stream=st.integers(0, 2**16 - 1),
+    data=st.binary(max_size=RELAY_DATA_MAX),
+)
 def test_relay_cell_round_trip(command: R.RelayCommand, stream: int, data: bytes) -> None:
     cell = R.RelayCell(command=command, stream_id=stream, data=data)
     assert R.decode_relay_cell(cell.encode()) == cell

@@ -70,8 +70,16 @@ def test_process_refuses_replay_and_keeps_serving(backend: str) -> None:
 
 def test_slot_must_be_terminal_only_at_the_end() -> None:
     with pytest.raises(ValueError):
-        S.build_packet([S.RouteHop(node_id=IDS[0], public_key=KEYS[0].public_bytes,
-                                   slot=S.Slot(command=S.Command.RELAY))], b"")
+        S.build_packet(
+            [
+                S.RouteHop(
+                    node_id=IDS[0],
+                    public_key=KEYS[0].public_bytes,
+                    slot=S.Slot(command=S.Command.RELAY),
+                )
+            ],
+            b"",
+        )
     with pytest.raises(ValueError):
         S.build_packet(S.iter_route(hops(5) + hops(1), deliver()), b"")
     with pytest.raises(ValueError):
@@ -138,12 +146,24 @@ def test_parse_slot_fuzz(raw: bytes) -> None:
 
 
 @FUZZ
-@given(command=st.sampled_from(list(S.Command)), delay=st.integers(0, 2**32 - 1),
-       address=st.binary(min_size=32, max_size=32), tag=st.binary(min_size=16, max_size=16),
-       params=st.binary(min_size=8, max_size=8), alpha=st.binary(min_size=32, max_size=32),
-       gamma=st.binary(min_size=16, max_size=16))
-def test_slot_round_trip(command: S.Command, delay: int, address: bytes, tag: bytes, params: bytes,
-                         alpha: bytes, gamma: bytes) -> None:
+@given(
+    command=st.sampled_from(list(S.Command)),
+    delay=st.integers(0, 2**32 - 1),
+    address=st.binary(min_size=32, max_size=32),
+    tag=st.binary(min_size=16, max_size=16),
+    params=st.binary(min_size=8, max_size=8),
+    alpha=st.binary(min_size=32, max_size=32),
+    gamma=st.binary(min_size=16, max_size=16),
+)
+def test_slot_round_trip(
+    command: S.Command,
+    delay: int,
+    address: bytes,
+    tag: bytes,
+    params: bytes,
+    alpha: bytes,
+    gamma: bytes,
+) -> None:
     try:
         slot = S.Slot(command=command, delay_us=delay, address=address, tag=tag, params=params)
     except ValueError:
@@ -184,10 +204,16 @@ def test_surb_round_trip_and_tamper(backend: str) -> None:
 
 def test_circuit_commands(backend: str) -> None:
     route = [
-        S.RouteHop(node_id=IDS[0], public_key=KEYS[0].public_bytes,
-                   slot=S.Slot(command=S.Command.CIRCUIT_EXTEND, params=b"p" * 8)),
-        S.RouteHop(node_id=IDS[1], public_key=KEYS[1].public_bytes,
-                   slot=S.Slot(command=S.Command.CIRCUIT_END, params=b"q" * 8)),
+        S.RouteHop(
+            node_id=IDS[0],
+            public_key=KEYS[0].public_bytes,
+            slot=S.Slot(command=S.Command.CIRCUIT_EXTEND, params=b"p" * 8),
+        ),
+        S.RouteHop(
+            node_id=IDS[1],
+            public_key=KEYS[1].public_bytes,
+            slot=S.Slot(command=S.Command.CIRCUIT_END, params=b"q" * 8),
+        ),
     ]
     built = S.build_packet(route, b"create")
     first = S.unwrap(built.packet, KEYS[0])

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import load_vectors
+
 from qnet.lint import cli as lint_cli
 from qnet.lint.vectors import check_cells, check_file, check_sphinx
 
@@ -63,6 +63,11 @@ def test_lint_cli_on_bad_directory(tmp_path: Path) -> None:
 
 
 def test_generator_reproduces_the_checked_in_files() -> None:
-    proc = subprocess.run([sys.executable, "-m", "tools.gen_vectors", "--check"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.gen_vectors", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr

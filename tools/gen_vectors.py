@@ -73,8 +73,19 @@ def hop_keys_json(h: S.HopKeys) -> dict[str, Any]:
 
 def result_json(r: S.Unwrapped) -> dict[str, Any]:
     out: dict[str, Any] = {"result": type(r).__name__, "replay_tag": hx(r.replay_tag)}
-    for name in ("next_hop", "delay_us", "packet", "address", "tag", "message", "recipient",
-                 "surb_id", "payload", "params", "hop_secret"):
+    for name in (
+        "next_hop",
+        "delay_us",
+        "packet",
+        "address",
+        "tag",
+        "message",
+        "recipient",
+        "surb_id",
+        "payload",
+        "params",
+        "hop_secret",
+    ):
         if hasattr(r, name):
             v = getattr(r, name)
             out[name] = v if isinstance(v, int) else hx(v)
@@ -95,8 +106,9 @@ def walk(packet: bytes, path: list[int]) -> tuple[list[dict[str, Any]], S.Unwrap
     return steps, last
 
 
-def forward_vector(name: str, path: list[int], final: S.Slot, delays: list[int], message: bytes,
-                   seed: bytes) -> dict[str, Any]:
+def forward_vector(
+    name: str, path: list[int], final: S.Slot, delays: list[int], message: bytes, seed: bytes
+) -> dict[str, Any]:
     rng = SeededRandom(seed)
     route = S.iter_route([(IDS[i], KEYS[i].public_bytes) for i in path], final, delays)
     built = S.build_packet(route, message, rng)
@@ -122,15 +134,27 @@ def circuit_vector() -> dict[str, Any]:
     seed = b"qnet vector circuit"
     rng = SeededRandom(seed)
     path = [0, 1, 2]
-    params = [bytes.fromhex("0000000000000001"), bytes.fromhex("0000000000000002"),
-              bytes.fromhex("0000000000000003")]
+    params = [
+        bytes.fromhex("0000000000000001"),
+        bytes.fromhex("0000000000000002"),
+        bytes.fromhex("0000000000000003"),
+    ]
     route = [
-        S.RouteHop(node_id=IDS[0], public_key=KEYS[0].public_bytes,
-                   slot=S.Slot(command=S.Command.CIRCUIT_EXTEND, params=params[0])),
-        S.RouteHop(node_id=IDS[1], public_key=KEYS[1].public_bytes,
-                   slot=S.Slot(command=S.Command.CIRCUIT_EXTEND, params=params[1])),
-        S.RouteHop(node_id=IDS[2], public_key=KEYS[2].public_bytes,
-                   slot=S.Slot(command=S.Command.CIRCUIT_END, tag=b"circuit-tag-0001", params=params[2])),
+        S.RouteHop(
+            node_id=IDS[0],
+            public_key=KEYS[0].public_bytes,
+            slot=S.Slot(command=S.Command.CIRCUIT_EXTEND, params=params[0]),
+        ),
+        S.RouteHop(
+            node_id=IDS[1],
+            public_key=KEYS[1].public_bytes,
+            slot=S.Slot(command=S.Command.CIRCUIT_EXTEND, params=params[1]),
+        ),
+        S.RouteHop(
+            node_id=IDS[2],
+            public_key=KEYS[2].public_bytes,
+            slot=S.Slot(command=S.Command.CIRCUIT_END, tag=b"circuit-tag-0001", params=params[2]),
+        ),
     ]
     message = b"create data for the exit"
     built = S.build_packet(route, message, rng)
@@ -156,8 +180,11 @@ def surb_vector() -> dict[str, Any]:
     rng = SeededRandom(seed)
     path = [3, 4, 0]
     recipient = hashlib.sha256(b"qnet-vector-recipient").digest()
-    route = S.iter_route([(IDS[i], KEYS[i].public_bytes) for i in path],
-                         S.Slot(command=S.Command.SURB_REPLY, address=recipient), [1000, 2000, 0])
+    route = S.iter_route(
+        [(IDS[i], KEYS[i].public_bytes) for i in path],
+        S.Slot(command=S.Command.SURB_REPLY, address=recipient),
+        [1000, 2000, 0],
+    )
     surb, secrets, header = S.create_surb(route, rng)
     reply = b"a reply that only the SURB's creator can read"
     first_hop, packet = S.surb_reply_packet(surb, reply)
@@ -189,19 +216,41 @@ def negative_vectors(fwd3: dict[str, Any]) -> list[dict[str, Any]]:
     flip = lambda b, i: b[:i] + bytes([b[i] ^ 1]) + b[i + 1 :]  # noqa: E731
     last_input = bytes.fromhex(fwd3["steps"][-1]["input"])
     out = [
-        {"name": "tampered-header-beta", "node": 0, "packet": hx(flip(packet, 100)), "error": "bad_mac"},
-        {"name": "tampered-header-gamma", "node": 0, "packet": hx(flip(packet, 40)), "error": "bad_mac"},
+        {
+            "name": "tampered-header-beta",
+            "node": 0,
+            "packet": hx(flip(packet, 100)),
+            "error": "bad_mac",
+        },
+        {
+            "name": "tampered-header-gamma",
+            "node": 0,
+            "packet": hx(flip(packet, 40)),
+            "error": "bad_mac",
+        },
         {"name": "tampered-alpha", "node": 0, "packet": hx(flip(packet, 3)), "error": "bad_mac"},
         {"name": "wrong-node-key", "node": 1, "packet": hx(packet), "error": "bad_mac"},
         {"name": "truncated", "node": 0, "packet": hx(packet[:-1]), "error": "bad_length"},
         {"name": "oversized", "node": 0, "packet": hx(packet + b"\x00"), "error": "bad_length"},
-        {"name": "small-order-alpha", "node": 0, "packet": hx(bytes(32) + packet[32:]),
-         "error": "bad_point"},
-        {"name": "tampered-payload-last-hop", "node": fwd3["path"][-1],
-         "packet": hx(flip(last_input, C.HEADER_LEN + 700)), "error": "bad_payload"},
-        {"name": "tampered-payload-first-hop-seen-at-last", "node": 0,
-         "packet": hx(flip(packet, C.HEADER_LEN + 5)), "error": None,
-         "then": "relay along the path; the last hop drops it as bad_payload"},
+        {
+            "name": "small-order-alpha",
+            "node": 0,
+            "packet": hx(bytes(32) + packet[32:]),
+            "error": "bad_point",
+        },
+        {
+            "name": "tampered-payload-last-hop",
+            "node": fwd3["path"][-1],
+            "packet": hx(flip(last_input, C.HEADER_LEN + 700)),
+            "error": "bad_payload",
+        },
+        {
+            "name": "tampered-payload-first-hop-seen-at-last",
+            "node": 0,
+            "packet": hx(flip(packet, C.HEADER_LEN + 5)),
+            "error": None,
+            "then": "relay along the path; the last hop drops it as bad_payload",
+        },
     ]
     # A replay: the same packet twice at one node; the second is refused.
     out.append({"name": "replay", "node": 0, "packet": hx(packet), "repeat": 2, "error": "replay"})
@@ -209,24 +258,50 @@ def negative_vectors(fwd3: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def sphinx_vectors() -> dict[str, Any]:
-    fwd1 = forward_vector("forward-1-hop", [2], S.Slot(command=S.Command.DELIVER, tag=b"message-tag-0001"),
-                          [0], b"one hop", b"qnet vector forward 1")
+    fwd1 = forward_vector(
+        "forward-1-hop",
+        [2],
+        S.Slot(command=S.Command.DELIVER, tag=b"message-tag-0001"),
+        [0],
+        b"one hop",
+        b"qnet vector forward 1",
+    )
     fwd3 = forward_vector(
-        "forward-3-hops", [0, 1, 2],
+        "forward-3-hops",
+        [0, 1, 2],
         S.Slot(command=S.Command.DELIVER, address=IDS[2], tag=b"message-tag-0003", delay_us=0),
-        [12000, 34000, 0], b"three hops through the mixnet", b"qnet vector forward 3")
+        [12000, 34000, 0],
+        b"three hops through the mixnet",
+        b"qnet vector forward 3",
+    )
     fwd5 = forward_vector(
-        "forward-5-hops", [4, 3, 2, 1, 0],
+        "forward-5-hops",
+        [4, 3, 2, 1, 0],
         S.Slot(command=S.Command.DELIVER, tag=b"message-tag-0005", delay_us=5),
-        [1, 2, 3, 4, 5], bytes(range(256)) * 5 + b"!" * (C.MESSAGE_LEN - 1280), b"qnet vector forward 5")
+        [1, 2, 3, 4, 5],
+        bytes(range(256)) * 5 + b"!" * (C.MESSAGE_LEN - 1280),
+        b"qnet vector forward 5",
+    )
     return {
         "format": "sphinx-x25519-v1",
         "spec": "spec/sphinx.md",
         "generator": "python -m tools.gen_vectors",
-        "sizes": {k: getattr(C, k) for k in ("PACKET_LEN", "ALPHA_LEN", "GAMMA_LEN", "MAX_HOPS", "SLOT_LEN",
-                                             "BETA_LEN", "HEADER_LEN", "PAYLOAD_LEN", "MESSAGE_LEN")},
+        "sizes": {
+            k: getattr(C, k)
+            for k in (
+                "PACKET_LEN",
+                "ALPHA_LEN",
+                "GAMMA_LEN",
+                "MAX_HOPS",
+                "SLOT_LEN",
+                "BETA_LEN",
+                "HEADER_LEN",
+                "PAYLOAD_LEN",
+                "MESSAGE_LEN",
+            )
+        },
         "drbg": "SeededRandom(seed): ChaCha20 keystream, key = HKDF-SHA256(salt='qnet-drbg-v1', "
-                "ikm=seed, info='', L=32), nonce 0; draws listed in order",
+        "ikm=seed, info='', L=32), nonce 0; draws listed in order",
         "node_keys": NODES,
         "forward": [fwd1, fwd3, fwd5],
         "circuit": circuit_vector(),
@@ -260,7 +335,9 @@ def cells_vectors() -> dict[str, Any]:
     assert onion.seal_forward(plain) == wire
 
     # Backward: exit seals, middle and entry add layers, client peels.
-    back_plain = R.RelayCell(command=R.RelayCommand.CONNECTED, stream_id=7, data=b"\x7f\x00\x00\x01").encode()
+    back_plain = R.RelayCell(
+        command=R.RelayCommand.CONNECTED, stream_id=7, data=b"\x7f\x00\x00\x01"
+    ).encode()
     back_sealed = accel.cell_seal(keys[2].backward, 0, back_plain)
     back_mid = accel.cell_xor(keys[1].backward, 0, back_sealed)
     back_wire = accel.cell_xor(keys[0].backward, 0, back_mid)
@@ -302,31 +379,77 @@ def cells_vectors() -> dict[str, Any]:
             "after_middle": hx(back_mid),
             "wire_to_client": hx(back_wire),
         },
-        "batch_xor": {"key": hx(keys[1].forward), "counter": 5, "bodies": hx(batch_bodies),
-                      "output": hx(batch_out)},
-        "batch_seal": {"key": hx(keys[2].forward), "counter": 9, "plaintexts": hx(batch_plain),
-                       "output": hx(batch_sealed)},
+        "batch_xor": {
+            "key": hx(keys[1].forward),
+            "counter": 5,
+            "bodies": hx(batch_bodies),
+            "output": hx(batch_out),
+        },
+        "batch_seal": {
+            "key": hx(keys[2].forward),
+            "counter": 9,
+            "plaintexts": hx(batch_plain),
+            "output": hx(batch_sealed),
+        },
         "lioness": lioness_vectors(),
         "units": [
             {"circ_id": unit.circ_id, "command": "RELAY", "encoded": hx(unit.encode())},
         ],
         "negative": [
-            {"name": "flipped-bit", "op": "open", "key": hx(keys[2].forward), "counter": 0,
-             "body": hx(bytes(flip)), "error": "bad_tag"},
-            {"name": "wrong-counter", "op": "open", "key": hx(keys[2].forward), "counter": 1,
-             "body": hx(sealed), "error": "bad_tag"},
-            {"name": "truncated-body", "op": "open", "key": hx(keys[2].forward), "counter": 0,
-             "body": hx(sealed[:-1]), "error": "bad_length"},
-            {"name": "unit-reserved-byte", "op": "decode_unit",
-             "unit": hx(unit.encode()[:5] + b"\x01" + unit.encode()[6:]), "error": "bad_header"},
-            {"name": "unit-unknown-command", "op": "decode_unit",
-             "unit": hx(unit.encode()[:4] + b"\x09" + unit.encode()[5:]), "error": "bad_command"},
-            {"name": "unit-truncated", "op": "decode_unit", "unit": hx(unit.encode()[:-1]),
-             "error": "bad_length"},
-            {"name": "relay-bad-padding", "op": "decode_relay_cell",
-             "plaintext": hx(plain[:-1] + b"\x01"), "error": "bad_padding"},
-            {"name": "relay-unknown-command", "op": "decode_relay_cell",
-             "plaintext": hx(b"\x63" + plain[1:]), "error": "bad_command"},
+            {
+                "name": "flipped-bit",
+                "op": "open",
+                "key": hx(keys[2].forward),
+                "counter": 0,
+                "body": hx(bytes(flip)),
+                "error": "bad_tag",
+            },
+            {
+                "name": "wrong-counter",
+                "op": "open",
+                "key": hx(keys[2].forward),
+                "counter": 1,
+                "body": hx(sealed),
+                "error": "bad_tag",
+            },
+            {
+                "name": "truncated-body",
+                "op": "open",
+                "key": hx(keys[2].forward),
+                "counter": 0,
+                "body": hx(sealed[:-1]),
+                "error": "bad_length",
+            },
+            {
+                "name": "unit-reserved-byte",
+                "op": "decode_unit",
+                "unit": hx(unit.encode()[:5] + b"\x01" + unit.encode()[6:]),
+                "error": "bad_header",
+            },
+            {
+                "name": "unit-unknown-command",
+                "op": "decode_unit",
+                "unit": hx(unit.encode()[:4] + b"\x09" + unit.encode()[5:]),
+                "error": "bad_command",
+            },
+            {
+                "name": "unit-truncated",
+                "op": "decode_unit",
+                "unit": hx(unit.encode()[:-1]),
+                "error": "bad_length",
+            },
+            {
+                "name": "relay-bad-padding",
+                "op": "decode_relay_cell",
+                "plaintext": hx(plain[:-1] + b"\x01"),
+                "error": "bad_padding",
+            },
+            {
+                "name": "relay-unknown-command",
+                "op": "decode_relay_cell",
+                "plaintext": hx(b"\x63" + plain[1:]),
+                "error": "bad_command",
+            },
         ],
     }
 

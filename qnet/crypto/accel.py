@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from qnet.crypto import hopcrypto
@@ -22,7 +23,7 @@ def _load() -> tuple[ModuleType, str]:
     if os.environ.get("QNET_PURE"):
         return hopcrypto, "QNET_PURE is set"
     try:
-        from qnet import _fast  # type: ignore[attr-defined]
+        from qnet import _fast
     except ImportError as exc:
         return hopcrypto, f"import failed: {exc}"
     return _fast, ""
@@ -38,16 +39,19 @@ ERR_LENGTH = hopcrypto.ERR_LENGTH
 ERR_POINT = hopcrypto.ERR_POINT
 ERR_MAC = hopcrypto.ERR_MAC
 
-sphinx_unwrap = backend.sphinx_unwrap
-sphinx_unwrap_batch = backend.sphinx_unwrap_batch
-lioness_encrypt_block = backend.lioness_encrypt_block
-lioness_decrypt_block = backend.lioness_decrypt_block
-cell_xor = backend.cell_xor
-cell_xor_batch = backend.cell_xor_batch
-cell_seal = backend.cell_seal
-cell_seal_batch = backend.cell_seal_batch
-cell_open = backend.cell_open
-cell_open_batch = backend.cell_open_batch
+# Typed aliases of the selected backend's functions (see ``hopcrypto`` for contracts).
+sphinx_unwrap: Callable[[bytes, bytes, bytes], tuple[int, bytes]] = backend.sphinx_unwrap
+sphinx_unwrap_batch: Callable[[bytes, bytes, Sequence[bytes]], list[tuple[int, bytes]]] = (
+    backend.sphinx_unwrap_batch
+)
+lioness_encrypt_block: Callable[[bytes, bytes], bytes] = backend.lioness_encrypt_block
+lioness_decrypt_block: Callable[[bytes, bytes], bytes] = backend.lioness_decrypt_block
+cell_xor: Callable[[bytes, int, bytes], bytes] = backend.cell_xor
+cell_xor_batch: Callable[[bytes, int, bytes], bytes] = backend.cell_xor_batch
+cell_seal: Callable[[bytes, int, bytes], bytes] = backend.cell_seal
+cell_seal_batch: Callable[[bytes, int, bytes], bytes] = backend.cell_seal_batch
+cell_open: Callable[[bytes, int, bytes], bytes | None] = backend.cell_open
+cell_open_batch: Callable[[bytes, int, bytes], tuple[bytes, int]] = backend.cell_open_batch
 
 
 _API = (
@@ -68,7 +72,7 @@ def available() -> dict[str, ModuleType]:
     """Every backend that can be imported here, by name (``python`` is always there)."""
     found: dict[str, ModuleType] = {"python": hopcrypto}
     try:
-        from qnet import _fast  # type: ignore[attr-defined]
+        from qnet import _fast
     except ImportError:
         pass
     else:

@@ -28,7 +28,6 @@ from qnet.constants import (
 )
 from qnet.crypto.lioness import lioness_decrypt, lioness_encrypt
 from qnet.crypto.primitives import (
-    AuthenticationError,
     X25519Key,
     aead_open,
     aead_seal,
@@ -38,7 +37,7 @@ from qnet.crypto.primitives import (
     hkdf_sha256,
     keyed_hash,
 )
-from qnet.errors import CryptoError
+from qnet.errors import AuthenticationError, CryptoError
 
 OK: Final = 0
 ERR_LENGTH: Final = 1

@@ -82,7 +82,9 @@ class X25519Key:
 
     def exchange(self, peer_public: bytes) -> bytes:
         """X25519(self, peer). Raises ``CryptoError`` for a small-order peer key."""
-        peer = _x25519.X25519PublicKey.from_public_bytes(_need("peer_public", peer_public, X25519_LEN))
+        peer = _x25519.X25519PublicKey.from_public_bytes(
+            _need("peer_public", peer_public, X25519_LEN)
+        )
         try:
             return self._key.exchange(peer)
         except ValueError as exc:  # all-zero shared secret
@@ -205,7 +207,9 @@ class MLKEM768Key:
 def mlkem768_encapsulate(public: bytes) -> tuple[bytes, bytes]:
     """Returns ``(ciphertext, shared_secret)`` for an ML-KEM-768 public key."""
     try:
-        pub = mlkem.MLKEM768PublicKey.from_public_bytes(_need("public", public, MLKEM768_PUBLIC_LEN))
+        pub = mlkem.MLKEM768PublicKey.from_public_bytes(
+            _need("public", public, MLKEM768_PUBLIC_LEN)
+        )
     except ValueError as exc:
         raise CryptoError("bad ML-KEM public key") from exc
     shared, ciphertext = pub.encapsulate()

@@ -41,7 +41,9 @@ class _Collector:
 
     def same(self, what: str, got: object, want: object) -> bool:
         if got != want:
-            self.findings.append(Finding(self.vector, f"{what}: got {_short(got)}, want {_short(want)}"))
+            self.findings.append(
+                Finding(self.vector, f"{what}: got {_short(got)}, want {_short(want)}")
+            )
             return False
         return True
 
@@ -65,15 +67,23 @@ class _SphinxContext:
 
     def route(self, vec: dict[str, Any]) -> list[S.RouteHop]:
         return [
-            S.RouteHop(node_id=self.ids[r["node"]], public_key=self.keys[r["node"]].public_bytes,
-                       slot=_slot(r["slot"]))
+            S.RouteHop(
+                node_id=self.ids[r["node"]],
+                public_key=self.keys[r["node"]].public_bytes,
+                slot=_slot(r["slot"]),
+            )
             for r in vec["route"]
         ]
 
 
 def _slot(j: dict[str, Any]) -> S.Slot:
-    return S.Slot(command=S.Command[j["command"]], delay_us=j["delay_us"], address=X(j["address"]),
-                  tag=X(j["tag"]), params=X(j["params"]))
+    return S.Slot(
+        command=S.Command[j["command"]],
+        delay_us=j["delay_us"],
+        address=X(j["address"]),
+        tag=X(j["tag"]),
+        params=X(j["params"]),
+    )
 
 
 def _check_steps(ctx: _SphinxContext, c: _Collector, steps: list[dict[str, Any]]) -> None:
@@ -125,9 +135,11 @@ def check_sphinx(doc: dict[str, Any]) -> list[Finding]:
 def _check_surb(ctx: _SphinxContext, vec: dict[str, Any]) -> list[Finding]:
     c = _Collector(vec["name"])
     rng = SeededRandom(X(vec["seed"]))
-    route = S.iter_route([(ctx.ids[i], ctx.keys[i].public_bytes) for i in vec["path"]],
-                         S.Slot(command=S.Command.SURB_REPLY, address=X(vec["recipient"])),
-                         [s.get("delay_us", 0) for s in vec["steps"]])
+    route = S.iter_route(
+        [(ctx.ids[i], ctx.keys[i].public_bytes) for i in vec["path"]],
+        S.Slot(command=S.Command.SURB_REPLY, address=X(vec["recipient"])),
+        [s.get("delay_us", 0) for s in vec["steps"]],
+    )
     surb, secrets, _ = S.create_surb(route, rng)
     c.same("draws", [d.hex() for d in rng.draws], vec["draws"])
     c.same("surb", surb.encode().hex(), vec["surb"])
@@ -135,8 +147,11 @@ def _check_surb(ctx: _SphinxContext, vec: dict[str, Any]) -> list[Finding]:
     c.same("reply packet", packet.hex(), vec["packet"])
     _check_steps(ctx, c, vec["steps"])
     try:
-        c.same("opened reply", S.open_surb_reply(secrets, X(vec["payload_at_recipient"])).hex(),
-               vec["opened_reply"])
+        c.same(
+            "opened reply",
+            S.open_surb_reply(secrets, X(vec["payload_at_recipient"])).hex(),
+            vec["opened_reply"],
+        )
     except PacketError as exc:
         c.fail(f"creator could not open the reply ({exc.reason})")
     return c.findings
@@ -174,24 +189,46 @@ def check_cells(doc: dict[str, Any]) -> list[Finding]:
         c.same(f"hop {n} backward key", k.backward.hex(), h["backward"])
         keys.append(R.LayerKeys(forward=X(h["forward"]), backward=X(h["backward"])))
     f = doc["forward"]
-    c.same("forward wire", R.ClientOnion(keys).seal_forward(X(f["plaintext"])).hex(), f["wire_to_entry"])
+    c.same(
+        "forward wire",
+        R.ClientOnion(keys).seal_forward(X(f["plaintext"])).hex(),
+        f["wire_to_entry"],
+    )
     body = X(f["wire_to_entry"])
     for n in range(len(keys) - 1):
         body = R.PassLayer(keys[n].forward).apply(body)
     c.same("forward at exit", body.hex(), f["sealed_by_exit_key"])
     b = doc["backward"]
-    c.same("backward seal", R.EndLayer(keys[-1].backward).seal(X(b["plaintext"])).hex(), b["sealed_by_exit"])
+    c.same(
+        "backward seal",
+        R.EndLayer(keys[-1].backward).seal(X(b["plaintext"])).hex(),
+        b["sealed_by_exit"],
+    )
     try:
-        c.same("backward open", R.ClientOnion(keys).open_backward(X(b["wire_to_client"])).hex(), b["plaintext"])
+        c.same(
+            "backward open",
+            R.ClientOnion(keys).open_backward(X(b["wire_to_client"])).hex(),
+            b["plaintext"],
+        )
     except CellError as exc:
         c.fail(f"client refused a valid backward cell ({exc.reason})")
     bx, bs = doc["batch_xor"], doc["batch_seal"]
-    c.same("batch xor", accel.cell_xor_batch(X(bx["key"]), bx["counter"], X(bx["bodies"])).hex(), bx["output"])
-    c.same("batch seal", accel.cell_seal_batch(X(bs["key"]), bs["counter"], X(bs["plaintexts"])).hex(),
-           bs["output"])
+    c.same(
+        "batch xor",
+        accel.cell_xor_batch(X(bx["key"]), bx["counter"], X(bx["bodies"])).hex(),
+        bx["output"],
+    )
+    c.same(
+        "batch seal",
+        accel.cell_seal_batch(X(bs["key"]), bs["counter"], X(bs["plaintexts"])).hex(),
+        bs["output"],
+    )
     for n, lv in enumerate(doc["lioness"]):
-        c.same(f"lioness {n}", accel.lioness_encrypt_block(X(lv["keys"]), X(lv["plaintext"])).hex(),
-               lv["ciphertext"])
+        c.same(
+            f"lioness {n}",
+            accel.lioness_encrypt_block(X(lv["keys"]), X(lv["plaintext"])).hex(),
+            lv["ciphertext"],
+        )
     for u in doc["units"]:
         c.same("unit", R.decode_unit(X(u["encoded"])).encode().hex(), u["encoded"])
     for neg in doc["negative"]:

@@ -167,7 +167,11 @@ def parse_slot(raw: bytes) -> tuple[Slot, bytes, bytes]:
 
 
 class MixKey:
-    """A node's mix key pair (one per epoch). Build once; ``exchange`` is the only per-packet cost."""
+    """A node's mix key pair (one per epoch).
+
+    Build it once: building costs a scalar multiplication, so per packet only the
+    exchange with ``alpha`` is paid.
+    """
 
     __slots__ = ("_x25519",)
 
@@ -304,7 +308,11 @@ def _interpret(out: bytes) -> Unwrapped:
             replay_tag=replay_tag,
         )
     return CircuitEnd(
-        tag=slot.tag, params=slot.params, hop_secret=hop_secret, message=message, replay_tag=replay_tag
+        tag=slot.tag,
+        params=slot.params,
+        hop_secret=hop_secret,
+        message=message,
+        replay_tag=replay_tag,
     )
 
 
@@ -359,7 +367,9 @@ def process(packet: bytes, key: MixKey, replay: ReplaySet) -> Unwrapped | Drop:
     return process_batch([packet], key, replay)[0]
 
 
-def process_batch(packets: Sequence[bytes], key: MixKey, replay: ReplaySet) -> list[Unwrapped | Drop]:
+def process_batch(
+    packets: Sequence[bytes], key: MixKey, replay: ReplaySet
+) -> list[Unwrapped | Drop]:
     """``process`` for a batch, with one hot-path call for the whole batch."""
     out: list[Unwrapped | Drop] = []
     for status, block in accel.sphinx_unwrap_batch(key.private_bytes, key.public_bytes, packets):
@@ -485,7 +495,12 @@ def build_header(route: Sequence[RouteHop], rng: Rng = random_bytes) -> BuiltHea
         beta = _xor(raw + beta[: BETA_LEN - SLOT_LEN], streams[i][:BETA_LEN])
         gamma = keyed_hash(hops[i].okm[32:64], beta, GAMMA_LEN)
     return BuiltHeader(
-        alpha=hops[0].alpha, gamma=gamma, beta=beta, hops=tuple(hops), filler=filler, padding=padding
+        alpha=hops[0].alpha,
+        gamma=gamma,
+        beta=beta,
+        hops=tuple(hops),
+        filler=filler,
+        padding=padding,
     )
 
 

@@ -82,7 +82,9 @@ def decode_unit(raw: bytes) -> Unit:
     if any(raw[5:UNIT_HEADER_LEN]):
         raise MalformedCell("bad_header", "reserved bytes set")
     try:
-        return Unit(circ_id=int.from_bytes(raw[:4], "big"), command=command, body=raw[UNIT_HEADER_LEN:])
+        return Unit(
+            circ_id=int.from_bytes(raw[:4], "big"), command=command, body=raw[UNIT_HEADER_LEN:]
+        )
     except ValueError as exc:
         raise MalformedCell("bad_header", str(exc)) from None
 
@@ -102,7 +104,11 @@ class RelayCell:
             raise ValueError(f"data is at most {RELAY_DATA_MAX} bytes")
 
     def encode(self) -> bytes:
-        head = bytes([self.command]) + self.stream_id.to_bytes(2, "big") + len(self.data).to_bytes(2, "big")
+        head = (
+            bytes([self.command])
+            + self.stream_id.to_bytes(2, "big")
+            + len(self.data).to_bytes(2, "big")
+        )
         return head + self.data + bytes(RELAY_DATA_MAX - len(self.data))
 
 
@@ -121,7 +127,11 @@ def decode_relay_cell(plain: bytes) -> RelayCell:
     end = RELAY_HEADER_LEN + length
     if any(plain[end:]):
         raise MalformedCell("bad_padding", "nonzero padding")
-    return RelayCell(command=command, stream_id=int.from_bytes(plain[1:3], "big"), data=plain[RELAY_HEADER_LEN:end])
+    return RelayCell(
+        command=command,
+        stream_id=int.from_bytes(plain[1:3], "big"),
+        data=plain[RELAY_HEADER_LEN:end],
+    )
 
 
 # --- layer crypto ----------------------------------------------------------------
