@@ -8,16 +8,22 @@ implemented by hand.
 
 Argument handling mirrors the reference: keys go through the same checks as
 ``qnet.crypto.primitives._need`` (bytes / bytearray / memoryview, exact length,
-else ``CryptoError``), data arguments are taken as ``bytes(x)`` (a snapshot, made
-with the GIL held; ``bytes`` objects are used in place), and every length check
-happens in the same order as in the reference. The per-packet / per-cell work
+else ``CryptoError``), data arguments are taken as ``bytes(x)``, and every check
+happens in the same order as in the reference. Single packets and cells are
+snapshotted as bytes with the GIL held (``bytes`` objects are used in place);
+the cell batches read a contiguous buffer in place under a buffer export (see
+``_acquire``) instead of copying half a megabyte. The per-packet / per-cell work
 runs in ``nogil`` C functions; every batch releases the GIL around its loop.
+
+Only 1-byte-item buffers are meant (bytes, bytearray, memoryview of those):
+a buffer whose ``len()`` is not its byte length (e.g. ``memoryview(array('H'))``)
+is taken as its raw bytes, where the reference would slice by items.
 """
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.buffer cimport PyObject_CheckBuffer, PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawFree
 
 from qnet.errors import CryptoError
@@ -289,20 +295,41 @@ cdef bytes _need(str name, object value, Py_ssize_t length):
     return data
 
 
-cdef uint64_t _counter(object counter, object extra=0) except? 0xFFFFFFFFFFFFFFFF:
-    """``counter`` checked as ``hopcrypto.cell_nonce`` does (int in 0 … 2**64-1);
-    ``extra`` is the last batch offset, so ``counter + extra`` must fit too."""
+cdef uint64_t _counter(object counter) except? 0xFFFFFFFFFFFFFFFF:
+    """``counter`` checked as ``hopcrypto.cell_nonce`` does: an int in 0 … 2**64-1."""
     if not isinstance(counter, int):
         raise CryptoError(f"cell counter must be an int, not {type(counter).__name__}")
     if counter < 0 or counter > 0xFFFFFFFFFFFFFFFF:
         raise CryptoError("cell counter must be in 0 .. 2**64-1")
-    if extra and counter + extra > 0xFFFFFFFFFFFFFFFF:
-        raise CryptoError("cell counter must be in 0 .. 2**64-1")
     return <uint64_t>counter
+
+
+cdef inline Py_ssize_t _cells_in_range(uint64_t first, Py_ssize_t ncells) noexcept:
+    """How many of the counters first, first + 1, … first + ncells - 1 fit in 64 bits."""
+    cdef uint64_t room = 0xFFFFFFFFFFFFFFFFULL - first      # counters after the first
+    if <uint64_t>(ncells - 1) <= room:
+        return ncells
+    return <Py_ssize_t>(room + 1)
 
 
 cdef inline const unsigned char *_ptr(bytes b):
     return <const unsigned char *>PyBytes_AS_STRING(b)
+
+
+cdef int _acquire(object obj, Py_buffer *view) except -1:
+    """A view of ``bytes(obj)`` for the batch functions, without copying a
+    contiguous buffer: the export pins the memory (a bytearray cannot be resized
+    meanwhile), so the GIL can be released while reading it, as hashlib does.
+    Anything else (a non-contiguous memoryview, an iterable of ints) is taken
+    as ``bytes(obj)``, like the reference."""
+    if PyObject_CheckBuffer(obj):
+        try:
+            PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
+            return 0
+        except BufferError:
+            pass
+    PyObject_GetBuffer(bytes(obj), view, PyBUF_SIMPLE)
+    return 0
 
 
 cdef bytes _public_snapshot(object node_public):
@@ -357,7 +384,14 @@ def sphinx_unwrap(node_private, node_public, packet):
 
 
 def sphinx_unwrap_batch(node_private, node_public, packets):
-    """``sphinx_unwrap`` over many packets under one node key (GIL released)."""
+    """``sphinx_unwrap`` over many packets under one node key (GIL released).
+
+    With the GIL held: check lengths, take each packet as immutable bytes and
+    allocate each 2136-byte result object. Without it: unwrap every packet
+    straight into its (not yet shared) result object. Only the small pointer and
+    status arrays are malloc'd: no per-packet allocation in the loop and no
+    large transient buffers (those cost page faults on every call).
+    """
     cdef bytes sk = _need("private", node_private, KEY_LEN)
     cdef list seq = list(packets)
     cdef Py_ssize_t n = len(seq)
@@ -367,10 +401,11 @@ def sphinx_unwrap_batch(node_private, node_public, packets):
     cdef const unsigned char *pubp = NULL
     cdef size_t publen = 0
     cdef const unsigned char *skp = _ptr(sk)
-    cdef unsigned char *inbuf = NULL
-    cdef unsigned char *outbuf = NULL
+    cdef const unsigned char **inp = NULL
+    cdef unsigned char **outp = NULL
     cdef int *status = NULL
     cdef bint need_public = False
+    cdef list keep
     cdef list results
     if n == 0:
         return []
@@ -378,13 +413,15 @@ def sphinx_unwrap_batch(node_private, node_public, packets):
     if pub is not None:
         pubp = _ptr(pub)
         publen = <size_t>PyBytes_GET_SIZE(pub)
-    inbuf = <unsigned char *>PyMem_RawMalloc(<size_t>n * PACKET_LEN)
-    outbuf = <unsigned char *>PyMem_RawMalloc(<size_t>n * UNWRAP_OUT_LEN)
+    inp = <const unsigned char **>PyMem_RawMalloc(<size_t>n * sizeof(unsigned char *))
+    outp = <unsigned char **>PyMem_RawMalloc(<size_t>n * sizeof(unsigned char *))
     status = <int *>PyMem_RawMalloc(<size_t>n * sizeof(int))
     try:
-        if inbuf == NULL or outbuf == NULL or status == NULL:
+        if inp == NULL or outp == NULL or status == NULL:
             raise MemoryError()
-        # copy in with the GIL held (same length checks as the reference, in order)
+        keep = [None] * n           # the input snapshots, then the result objects
+        results = [None] * n
+        # Same length checks as the reference, in order, with the GIL held.
         for i in range(n):
             p = seq[i]
             if len(p) != PACKET_LEN:
@@ -394,31 +431,30 @@ def sphinx_unwrap_batch(node_private, node_public, packets):
             if PyBytes_GET_SIZE(pkt) != PACKET_LEN:
                 status[i] = S_ERR_LENGTH
                 continue
-            memcpy(inbuf + i * PACKET_LEN, _ptr(pkt), PACKET_LEN)
+            keep[i] = pkt
+            inp[i] = _ptr(pkt)
+            out = PyBytes_FromStringAndSize(NULL, UNWRAP_OUT_LEN)
+            results[i] = out
+            outp[i] = <unsigned char *>PyBytes_AS_STRING(out)
             status[i] = S_PENDING
         with nogil:
             for i in range(n):
                 if status[i] == S_PENDING:
-                    status[i] = unwrap_c(skp, pubp, publen, inbuf + i * PACKET_LEN,
-                                         outbuf + i * UNWRAP_OUT_LEN)
+                    status[i] = unwrap_c(skp, pubp, publen, inp[i], outp[i])
                     if status[i] == S_NEED_PUBLIC:
                         need_public = True
                         break
         if need_public:
             _raise_public(node_public)
-        results = [None] * n
         for i in range(n):
             if status[i] == S_OK:
-                results[i] = (OK, PyBytes_FromStringAndSize(
-                    <const char *>(outbuf + i * UNWRAP_OUT_LEN), UNWRAP_OUT_LEN))
+                results[i] = (OK, results[i])
             else:
                 results[i] = (status[i], b"")
         return results
     finally:
-        if outbuf != NULL:
-            sodium_memzero(outbuf, <size_t>n * UNWRAP_OUT_LEN)
-        PyMem_RawFree(inbuf)
-        PyMem_RawFree(outbuf)
+        PyMem_RawFree(inp)
+        PyMem_RawFree(outp)
         PyMem_RawFree(status)
 
 
@@ -490,18 +526,26 @@ def cell_xor_batch(key, counter, bodies):
     cdef Py_ssize_t ncells = len(bodies) // BODY_LEN
     if ncells == 0:
         return b""
-    cdef uint64_t c = _counter(counter)
+    cdef uint64_t c = _counter(counter + 0)     # the reference's cell_nonce(counter + k), k = 0
     cdef bytes kb = _need("key", key, KEY_LEN)
-    _counter(counter, ncells - 1)
-    cdef bytes data = _snap(bodies)
-    if PyBytes_GET_SIZE(data) != ncells * BODY_LEN:
-        raise CryptoError(f"batch length must be a multiple of {BODY_LEN}")
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, ncells * BODY_LEN)
-    cdef unsigned char *op = <unsigned char *>PyBytes_AS_STRING(out)
-    cdef const unsigned char *dp = _ptr(data)
+    if _cells_in_range(c, ncells) < ncells:
+        raise CryptoError("cell counter must be in 0 .. 2**64-1")
     cdef const unsigned char *kp = _ptr(kb)
-    with nogil:
-        xor_cells_c(kp, c, dp, op, <size_t>ncells)
+    cdef bytes out
+    cdef unsigned char *op
+    cdef const unsigned char *dp
+    cdef Py_buffer view
+    _acquire(bodies, &view)
+    try:
+        if view.len != ncells * BODY_LEN:
+            raise CryptoError(f"batch length must be a multiple of {BODY_LEN}")
+        out = PyBytes_FromStringAndSize(NULL, ncells * BODY_LEN)
+        op = <unsigned char *>PyBytes_AS_STRING(out)
+        dp = <const unsigned char *>view.buf
+        with nogil:
+            xor_cells_c(kp, c, dp, op, <size_t>ncells)
+    finally:
+        PyBuffer_Release(&view)
     return out
 
 
@@ -526,18 +570,26 @@ def cell_seal_batch(key, counter, plaintexts):
     cdef Py_ssize_t ncells = len(plaintexts) // CELL_PLAINTEXT_LEN
     if ncells == 0:
         return b""
-    cdef uint64_t c = _counter(counter)
+    cdef uint64_t c = _counter(counter + 0)     # the reference's cell_nonce(counter + k), k = 0
     cdef bytes kb = _need("key", key, KEY_LEN)
-    _counter(counter, ncells - 1)
-    cdef bytes data = _snap(plaintexts)
-    if PyBytes_GET_SIZE(data) != ncells * CELL_PLAINTEXT_LEN:
-        raise CryptoError(f"batch length must be a multiple of {CELL_PLAINTEXT_LEN}")
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, ncells * BODY_LEN)
-    cdef unsigned char *op = <unsigned char *>PyBytes_AS_STRING(out)
-    cdef const unsigned char *dp = _ptr(data)
+    if _cells_in_range(c, ncells) < ncells:
+        raise CryptoError("cell counter must be in 0 .. 2**64-1")
     cdef const unsigned char *kp = _ptr(kb)
-    with nogil:
-        seal_cells_c(kp, c, dp, op, <size_t>ncells)
+    cdef bytes out
+    cdef unsigned char *op
+    cdef const unsigned char *dp
+    cdef Py_buffer view
+    _acquire(plaintexts, &view)
+    try:
+        if view.len != ncells * CELL_PLAINTEXT_LEN:
+            raise CryptoError(f"batch length must be a multiple of {CELL_PLAINTEXT_LEN}")
+        out = PyBytes_FromStringAndSize(NULL, ncells * BODY_LEN)
+        op = <unsigned char *>PyBytes_AS_STRING(out)
+        dp = <const unsigned char *>view.buf
+        with nogil:
+            seal_cells_c(kp, c, dp, op, <size_t>ncells)
+    finally:
+        PyBuffer_Release(&view)
     return out
 
 
@@ -563,19 +615,30 @@ def cell_open_batch(key, counter, bodies):
     cdef Py_ssize_t ncells = len(bodies) // BODY_LEN
     if ncells == 0:
         return b"", -1
-    cdef uint64_t c = _counter(counter)
+    cdef uint64_t c = _counter(counter + 0)     # the reference's cell_nonce(counter + k), k = 0
     cdef bytes kb = _need("key", key, KEY_LEN)
-    _counter(counter, ncells - 1)
-    cdef bytes data = _snap(bodies)
-    if PyBytes_GET_SIZE(data) != ncells * BODY_LEN:
-        raise CryptoError(f"batch length must be a multiple of {BODY_LEN}")
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, ncells * CELL_PLAINTEXT_LEN)
-    cdef unsigned char *op = <unsigned char *>PyBytes_AS_STRING(out)
-    cdef const unsigned char *dp = _ptr(data)
+    # Like the reference, a counter past 2**64-1 is an error only if every cell
+    # before it opened (the first failure ends the batch).
+    cdef Py_ssize_t nvalid = _cells_in_range(c, ncells)
     cdef const unsigned char *kp = _ptr(kb)
+    cdef bytes out
+    cdef unsigned char *op
+    cdef const unsigned char *dp
     cdef Py_ssize_t failed
-    with nogil:
-        failed = open_cells_c(kp, c, dp, op, <size_t>ncells)
-    if failed < 0:
-        return out, -1
-    return out[:failed * CELL_PLAINTEXT_LEN], failed
+    cdef Py_buffer view
+    _acquire(bodies, &view)
+    try:
+        if view.len != ncells * BODY_LEN:
+            raise CryptoError(f"batch length must be a multiple of {BODY_LEN}")
+        out = PyBytes_FromStringAndSize(NULL, ncells * CELL_PLAINTEXT_LEN)
+        op = <unsigned char *>PyBytes_AS_STRING(out)
+        dp = <const unsigned char *>view.buf
+        with nogil:
+            failed = open_cells_c(kp, c, dp, op, <size_t>nvalid)
+    finally:
+        PyBuffer_Release(&view)
+    if failed >= 0:
+        return out[:failed * CELL_PLAINTEXT_LEN], failed
+    if nvalid < ncells:
+        raise CryptoError("cell counter must be in 0 .. 2**64-1")
+    return out, -1

@@ -4,7 +4,7 @@ Same API, same bytes as the pure-Python reference ``qnet.crypto.hopcrypto``.
 """
 
 from collections.abc import Iterable
-from typing import Final, Literal
+from typing import Final
 
 _Buffer = bytes | bytearray | memoryview
 
@@ -33,6 +33,5 @@ def cell_xor_batch(key: _Buffer, counter: int, bodies: _Buffer) -> bytes: ...
 def cell_seal(key: _Buffer, counter: int, plaintext: _Buffer) -> bytes: ...
 def cell_seal_batch(key: _Buffer, counter: int, plaintexts: _Buffer) -> bytes: ...
 def cell_open(key: _Buffer, counter: int, body: _Buffer) -> bytes | None: ...
-def cell_open_batch(
-    key: _Buffer, counter: int, bodies: _Buffer
-) -> tuple[bytes, int | Literal[-1]]: ...
+def cell_open_batch(key: _Buffer, counter: int, bodies: _Buffer) -> tuple[bytes, int]:
+    """``(plaintexts, failed)``: failed is the index of the first cell that did not open, or -1."""
