@@ -17,7 +17,7 @@ run: $(STAMP)
 	.venv/bin/qnet selftest
 
 # QNET_REQUIRE_EXT: a missing Cython accelerator fails the run instead of skipping.
-test: $(STAMP)
+test: $(STAMP) lint
 	QNET_REQUIRE_EXT=1 $(PY) -m pytest -q tests
 	.venv/bin/qnet-lint vectors
 
@@ -29,7 +29,8 @@ vectors: $(STAMP)
 	$(PY) -m tools.gen_vectors
 
 lint: $(STAMP)
-	.venv/bin/ruff check qnet tools tests bench
+	.venv/bin/ruff check qnet tools tests
+	.venv/bin/mypy --strict qnet
 
 clean:
 	rm -rf build .venv qnet/_fast*.so cext/_fast.c
