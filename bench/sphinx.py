@@ -70,7 +70,7 @@ from qnet.mix.sphinx import (  # noqa: E402
     Relay,
     Slot,
     build_packet,
-    iter_route,
+    mix_route,
     process_batch,
 )
 
@@ -107,7 +107,7 @@ def make_workload(count: int) -> Workload:
     keys = [MixKey.generate() for _ in range(HOPS)]
     hops = [(bytes([i + 1]) * 32, k.public_bytes) for i, k in enumerate(keys)]
     final = Slot(command=Command.DELIVER, address=bytes([0xEE]) * 32, tag=bytes([0x5A]) * 16)
-    route = iter_route(hops, final)
+    route = mix_route(hops, final)
     packets = [build_packet(route, i.to_bytes(4, "big") * 8).packet for i in range(count)]
     reference = hopcrypto.sphinx_unwrap_batch(keys[0].private_bytes, keys[0].public_bytes, packets)
     bad = sum(1 for status, _ in reference if status != hopcrypto.OK)

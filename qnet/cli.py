@@ -28,7 +28,7 @@ def _demo_sphinx() -> None:
 
     keys = [S.MixKey.generate() for _ in range(3)]
     ids = [os.urandom(32) for _ in range(3)]
-    route = S.iter_route(
+    route = S.mix_route(
         list(zip(ids, (k.public_bytes for k in keys), strict=True)),
         S.Slot(command=S.Command.DELIVER, tag=b"selftest-message"),
         [5000, 7000, 0],

@@ -34,10 +34,6 @@ class TamperedPacket(PacketError):
     """Header MAC or payload integrity check failed."""
 
 
-class ReplayedPacket(PacketError):
-    """The packet's replay tag was already seen under this mix key."""
-
-
 class CellError(DecodeError):
     """A link unit or relay cell was refused (spec/cells.md §4)."""
 
@@ -56,3 +52,23 @@ class CryptoError(QNetError):
 
 class AuthenticationError(CryptoError):
     """An AEAD open or a MAC check failed. Deliberately carries no detail."""
+
+
+class DirectoryError(DecodeError):
+    """A directory document was refused (spec/directory.md §7)."""
+
+
+class MalformedDocument(DirectoryError):
+    """Not canonical encoding, over a limit, or a field missing, unknown or out of range."""
+
+
+class BadSignature(DirectoryError):
+    """One of the two signatures (Ed25519 or ML-DSA-65) did not verify."""
+
+
+class IdentityMismatch(DirectoryError):
+    """The node id in a document is not the hash of the identity keys it carries."""
+
+
+class StaleDocument(DirectoryError):
+    """The document is too old (``expired``) or dated too far ahead (``future``)."""

@@ -96,7 +96,7 @@ def random_path(
         tag=rng.randbytes(16),
     )
     delays = [rng.randrange(10**6) for _ in range(n)]
-    route = S.iter_route([(i, pub) for i, (_, pub) in zip(ids, hops, strict=True)], final, delays)
+    route = S.mix_route([(i, pub) for i, (_, pub) in zip(ids, hops, strict=True)], final, delays)
     message = rng.randbytes(rng.randrange(0, 1497))
     with _pure():
         built = S.build_packet(route, message, rng.randbytes)

@@ -40,13 +40,13 @@ def run_path(packet: bytes, n: int) -> S.Unwrapped:
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
 def test_round_trip_every_length(backend: str, n: int) -> None:
     msg = os.urandom(MESSAGE_LEN)
-    built = S.build_packet(S.iter_route(hops(n), deliver(), list(range(n))), msg)
+    built = S.build_packet(S.mix_route(hops(n), deliver(), list(range(n))), msg)
     result = run_path(built.packet, n)
     assert isinstance(result, S.Deliver) and result.message == msg and result.tag == b"t" * 16
 
 
 def test_replay_tags_match_sender_view(backend: str) -> None:
-    built = S.build_packet(S.iter_route(hops(3), deliver()), b"x")
+    built = S.build_packet(S.mix_route(hops(3), deliver()), b"x")
     seen: set[bytes] = set()
     packet = built.packet
     for i, hop in enumerate(built.hops):
@@ -58,8 +58,8 @@ def test_replay_tags_match_sender_view(backend: str) -> None:
 
 
 def test_process_refuses_replay_and_keeps_serving(backend: str) -> None:
-    a = S.build_packet(S.iter_route(hops(2), deliver()), b"a").packet
-    b = S.build_packet(S.iter_route(hops(2), deliver()), b"b").packet
+    a = S.build_packet(S.mix_route(hops(2), deliver()), b"a").packet
+    b = S.build_packet(S.mix_route(hops(2), deliver()), b"b").packet
     seen: set[bytes] = set()
     results = S.process_batch([a, b"junk", a, b], KEYS[0], seen)
     assert isinstance(results[0], S.Relay)
@@ -81,7 +81,7 @@ def test_slot_must_be_terminal_only_at_the_end() -> None:
             b"",
         )
     with pytest.raises(ValueError):
-        S.build_packet(S.iter_route(hops(5) + hops(1), deliver()), b"")
+        S.build_packet(S.mix_route(hops(5) + hops(1), deliver()), b"")
     with pytest.raises(ValueError):
         S.encode_message(bytes(MESSAGE_LEN + 1))
 
@@ -89,8 +89,8 @@ def test_slot_must_be_terminal_only_at_the_end() -> None:
 def test_hop_cannot_see_its_position(backend: str) -> None:
     # The routing bytes a hop forwards are the same length whatever the path length,
     # and the last hop's leftover routing bytes are not the zeros a naive sender leaves.
-    r1 = S.unwrap(S.build_packet(S.iter_route(hops(1), deliver()), b"").packet, KEYS[0])
-    r5 = S.unwrap(S.build_packet(S.iter_route(hops(5), deliver()), b"").packet, KEYS[0])
+    r1 = S.unwrap(S.build_packet(S.mix_route(hops(1), deliver()), b"").packet, KEYS[0])
+    r5 = S.unwrap(S.build_packet(S.mix_route(hops(5), deliver()), b"").packet, KEYS[0])
     assert isinstance(r1, S.Deliver) and isinstance(r5, S.Relay)
     assert len(r5.packet) == PACKET_LEN
 
@@ -115,7 +115,7 @@ def test_any_payload_bit_flip_destroys_the_message(where: int) -> None:
     assert info.value.reason == "bad_payload"
 
 
-_PACKET = S.build_packet(S.iter_route(hops(3), deliver()), b"fuzz target").packet
+_PACKET = S.build_packet(S.mix_route(hops(3), deliver()), b"fuzz target").packet
 
 
 @FUZZ
@@ -187,7 +187,7 @@ def test_surb_decode_fuzz(data: bytes) -> None:
 
 
 def test_surb_round_trip_and_tamper(backend: str) -> None:
-    route = S.iter_route(hops(3), S.Slot(command=S.Command.SURB_REPLY, address=b"c" * 32))
+    route = S.mix_route(hops(3), S.Slot(command=S.Command.SURB_REPLY, address=b"c" * 32))
     surb, secrets, _ = S.create_surb(route)
     first, packet = S.surb_reply_packet(S.Surb.decode(surb.encode()), b"hello back")
     assert first == IDS[0]

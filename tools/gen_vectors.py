@@ -110,7 +110,7 @@ def forward_vector(
     name: str, path: list[int], final: S.Slot, delays: list[int], message: bytes, seed: bytes
 ) -> dict[str, Any]:
     rng = SeededRandom(seed)
-    route = S.iter_route([(IDS[i], KEYS[i].public_bytes) for i in path], final, delays)
+    route = S.mix_route([(IDS[i], KEYS[i].public_bytes) for i in path], final, delays)
     built = S.build_packet(route, message, rng)
     steps, last = walk(built.packet, path)
     assert isinstance(last, S.Deliver) and last.message[: len(message)] == message
@@ -180,7 +180,7 @@ def surb_vector() -> dict[str, Any]:
     rng = SeededRandom(seed)
     path = [3, 4, 0]
     recipient = hashlib.sha256(b"qnet-vector-recipient").digest()
-    route = S.iter_route(
+    route = S.mix_route(
         [(IDS[i], KEYS[i].public_bytes) for i in path],
         S.Slot(command=S.Command.SURB_REPLY, address=recipient),
         [1000, 2000, 0],

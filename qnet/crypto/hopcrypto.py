@@ -36,6 +36,7 @@ from qnet.crypto.primitives import (
     ct_equal,
     hkdf_sha256,
     keyed_hash,
+    xor_bytes,
 )
 from qnet.errors import AuthenticationError, CryptoError
 
@@ -47,10 +48,6 @@ ERR_MAC: Final = 3
 BACKEND: Final = "python"
 
 _ZERO_SLOT = bytes(SLOT_LEN)
-
-
-def _xor(a: bytes, b: bytes) -> bytes:
-    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
 
 
 def sphinx_hop_okm(shared: bytes, alpha: bytes, node_public: bytes) -> bytes:
@@ -107,7 +104,7 @@ def _unwrap(key: X25519Key, node_public: bytes, packet: bytes) -> tuple[int, byt
     okm = sphinx_hop_okm(shared, alpha, node_public)
     if not ct_equal(keyed_hash(okm[32:64], beta, 16), gamma):
         return ERR_MAC, b""
-    routing = _xor(beta + _ZERO_SLOT, chacha20_stream(okm[0:32], BETA_LEN + SLOT_LEN))
+    routing = xor_bytes(beta + _ZERO_SLOT, chacha20_stream(okm[0:32], BETA_LEN + SLOT_LEN))
     payload = lioness_decrypt(okm[64:192], delta)
     return OK, okm[192:240] + routing + payload
 

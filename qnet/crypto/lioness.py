@@ -8,16 +8,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from qnet.crypto.primitives import chacha20_stream, keyed_hash
+from qnet.crypto.primitives import chacha20_stream, keyed_hash, xor_bytes
 from qnet.errors import CryptoError
 
 KEYS_LEN: Final = 128
 LEFT_LEN: Final = 32
 MIN_BLOCK_LEN: Final = LEFT_LEN + 1
-
-
-def _xor(a: bytes, b: bytes) -> bytes:
-    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
 
 
 def _split(keys: bytes, block: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
@@ -31,18 +27,18 @@ def _split(keys: bytes, block: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes
 def lioness_encrypt(keys: bytes, block: bytes) -> bytes:
     """Encrypt one block with the 128-byte key ``k1 ‖ k2 ‖ k3 ‖ k4``."""
     k1, k2, k3, k4, left, right = _split(bytes(keys), bytes(block))
-    right = _xor(right, chacha20_stream(_xor(left, k1), len(right)))
-    left = _xor(left, keyed_hash(k2, right))
-    right = _xor(right, chacha20_stream(_xor(left, k3), len(right)))
-    left = _xor(left, keyed_hash(k4, right))
+    right = xor_bytes(right, chacha20_stream(xor_bytes(left, k1), len(right)))
+    left = xor_bytes(left, keyed_hash(k2, right))
+    right = xor_bytes(right, chacha20_stream(xor_bytes(left, k3), len(right)))
+    left = xor_bytes(left, keyed_hash(k4, right))
     return left + right
 
 
 def lioness_decrypt(keys: bytes, block: bytes) -> bytes:
     """Inverse of ``lioness_encrypt``."""
     k1, k2, k3, k4, left, right = _split(bytes(keys), bytes(block))
-    left = _xor(left, keyed_hash(k4, right))
-    right = _xor(right, chacha20_stream(_xor(left, k3), len(right)))
-    left = _xor(left, keyed_hash(k2, right))
-    right = _xor(right, chacha20_stream(_xor(left, k1), len(right)))
+    left = xor_bytes(left, keyed_hash(k4, right))
+    right = xor_bytes(right, chacha20_stream(xor_bytes(left, k3), len(right)))
+    left = xor_bytes(left, keyed_hash(k2, right))
+    right = xor_bytes(right, chacha20_stream(xor_bytes(left, k1), len(right)))
     return left + right

@@ -135,7 +135,7 @@ def check_sphinx(doc: dict[str, Any]) -> list[Finding]:
 def _check_surb(ctx: _SphinxContext, vec: dict[str, Any]) -> list[Finding]:
     c = _Collector(vec["name"])
     rng = SeededRandom(X(vec["seed"]))
-    route = S.iter_route(
+    route = S.mix_route(
         [(ctx.ids[i], ctx.keys[i].public_bytes) for i in vec["path"]],
         S.Slot(command=S.Command.SURB_REPLY, address=X(vec["recipient"])),
         [s.get("delay_us", 0) for s in vec["steps"]],

@@ -46,8 +46,9 @@ from qnet.crypto.primitives import (
     hkdf_sha256,
     keyed_hash,
     random_bytes,
+    xor_bytes,
 )
-from qnet.errors import CryptoError, MalformedPacket, PacketError, ReplayedPacket, TamperedPacket
+from qnet.errors import CryptoError, MalformedPacket, PacketError, TamperedPacket
 
 NODE_ID_LEN = 32
 TAG_LEN = 16
@@ -254,16 +255,23 @@ class Drop:
 
 Unwrapped = Relay | Deliver | SurbReply | CircuitExtend | CircuitEnd
 
-_STATUS_ERRORS: dict[int, PacketError] = {
-    accel.ERR_LENGTH: MalformedPacket("bad_length", f"packet must be {PACKET_LEN} bytes"),
-    accel.ERR_POINT: MalformedPacket("bad_point", "small-order alpha"),
-    accel.ERR_MAC: TamperedPacket("bad_mac", "header MAC mismatch"),
+# Hot-path status -> (error class, reason, detail).
+_STATUS_ERRORS: dict[int, tuple[type[PacketError], str, str]] = {
+    accel.ERR_LENGTH: (MalformedPacket, "bad_length", f"packet must be {PACKET_LEN} bytes"),
+    accel.ERR_POINT: (MalformedPacket, "bad_point", "small-order alpha"),
+    accel.ERR_MAC: (TamperedPacket, "bad_mac", "header MAC mismatch"),
 }
 
 
-def _status_error(status: int) -> PacketError:
-    proto = _STATUS_ERRORS[status]
-    return type(proto)(proto.reason, str(proto).split(": ", 1)[-1])
+def _decode(status: int, block: bytes) -> Unwrapped | PacketError:
+    """One hot-path output as a result, or the error that refuses it."""
+    if status != accel.OK:
+        cls, reason, detail = _STATUS_ERRORS[status]
+        return cls(reason, detail)
+    try:
+        return _interpret(block)
+    except PacketError as exc:
+        return exc
 
 
 def _interpret(out: bytes) -> Unwrapped:
@@ -323,24 +331,16 @@ def unwrap(packet: bytes, key: MixKey) -> Unwrapped:
     """
     if not isinstance(packet, (bytes, bytearray, memoryview)):
         raise MalformedPacket("bad_length", "packet must be bytes")
-    status, out = accel.sphinx_unwrap(key.private_bytes, key.public_bytes, packet)
-    if status != accel.OK:
-        raise _status_error(status)
-    return _interpret(out)
+    result = _decode(*accel.sphinx_unwrap(key.private_bytes, key.public_bytes, packet))
+    if isinstance(result, PacketError):
+        raise result
+    return result
 
 
 def unwrap_batch(packets: Sequence[bytes], key: MixKey) -> list[Unwrapped | PacketError]:
     """``unwrap`` over many packets in one hot-path call; errors are returned, not raised."""
-    results: list[Unwrapped | PacketError] = []
-    for status, out in accel.sphinx_unwrap_batch(key.private_bytes, key.public_bytes, packets):
-        if status != accel.OK:
-            results.append(_status_error(status))
-            continue
-        try:
-            results.append(_interpret(out))
-        except PacketError as exc:
-            results.append(exc)
-    return results
+    outputs = accel.sphinx_unwrap_batch(key.private_bytes, key.public_bytes, packets)
+    return [_decode(status, block) for status, block in outputs]
 
 
 class ReplaySet(Protocol):
@@ -349,12 +349,6 @@ class ReplaySet(Protocol):
     def __contains__(self, tag: object) -> bool: ...
 
     def add(self, tag: bytes) -> None: ...
-
-
-def _check_replay(result: Unwrapped, replay: ReplaySet) -> None:
-    if result.replay_tag in replay:
-        raise ReplayedPacket("replay", "replay tag seen before under this key")
-    replay.add(result.replay_tag)
 
 
 def process(packet: bytes, key: MixKey, replay: ReplaySet) -> Unwrapped | Drop:
@@ -373,18 +367,15 @@ def process_batch(
     """``process`` for a batch, with one hot-path call for the whole batch."""
     out: list[Unwrapped | Drop] = []
     for status, block in accel.sphinx_unwrap_batch(key.private_bytes, key.public_bytes, packets):
-        if status != accel.OK:
-            out.append(Drop(_STATUS_ERRORS[status].reason))
-            continue
-        tag = block[:REPLAY_TAG_LEN]
-        if tag in replay:
-            out.append(Drop("replay"))
-            continue
-        replay.add(tag)
-        try:
-            out.append(_interpret(block))
-        except PacketError as exc:
-            out.append(Drop(exc.reason))
+        if status == accel.OK:
+            # The MAC verified: the tag is recorded before the slot is even parsed.
+            tag = block[:REPLAY_TAG_LEN]
+            if tag in replay:
+                out.append(Drop("replay"))
+                continue
+            replay.add(tag)
+        result = _decode(status, block)
+        out.append(Drop(result.reason) if isinstance(result, PacketError) else result)
     return out
 
 
@@ -449,10 +440,6 @@ class BuiltPacket:
         return self.header.hops
 
 
-def _xor(a: bytes, b: bytes) -> bytes:
-    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
-
-
 def _check_route(route: Sequence[RouteHop]) -> None:
     if not 1 <= len(route) <= MAX_HOPS:
         raise ValueError(f"a route has 1..{MAX_HOPS} hops, got {len(route)}")
@@ -483,16 +470,16 @@ def build_header(route: Sequence[RouteHop], rng: Rng = random_bytes) -> BuiltHea
 
     filler = b""
     for i in range(n - 1):
-        filler = _xor(filler + bytes(SLOT_LEN), streams[i][BETA_LEN - SLOT_LEN * i :])
+        filler = xor_bytes(filler + bytes(SLOT_LEN), streams[i][BETA_LEN - SLOT_LEN * i :])
 
     padding = rng(BETA_LEN - SLOT_LEN * n)
     last = route[-1].slot.encode()
-    beta = _xor(last + padding, streams[n - 1][: BETA_LEN - SLOT_LEN * (n - 1)]) + filler
+    beta = xor_bytes(last + padding, streams[n - 1][: BETA_LEN - SLOT_LEN * (n - 1)]) + filler
     gamma = keyed_hash(hops[n - 1].okm[32:64], beta, GAMMA_LEN)
     for i in range(n - 2, -1, -1):
         slot = _with_address(route[i].slot, route[i + 1].node_id)
         raw = slot.encode(hops[i + 1].alpha, gamma)
-        beta = _xor(raw + beta[: BETA_LEN - SLOT_LEN], streams[i][:BETA_LEN])
+        beta = xor_bytes(raw + beta[: BETA_LEN - SLOT_LEN], streams[i][:BETA_LEN])
         gamma = keyed_hash(hops[i].okm[32:64], beta, GAMMA_LEN)
     return BuiltHeader(
         alpha=hops[0].alpha,
@@ -629,7 +616,7 @@ def open_surb_reply(secrets: SurbSecrets, payload: bytes) -> bytes:
     return block[ZERO_PREFIX_LEN:]
 
 
-def iter_route(
+def mix_route(
     hops: Iterable[tuple[bytes, bytes]], final: Slot, delays_us: Sequence[int] | None = None
 ) -> list[RouteHop]:
     """A mix route: ``RELAY`` slots through ``hops[:-1]`` and ``final`` at the last hop."""
