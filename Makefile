@@ -27,6 +27,7 @@ bench: $(STAMP)
 
 vectors: $(STAMP)
 	$(PY) -m tools.gen_vectors
+	$(PY) -m tools.gen_dir_vectors
 
 lint: $(STAMP)
 	.venv/bin/ruff check qnet tools tests
