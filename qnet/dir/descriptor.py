@@ -149,6 +149,8 @@ class Descriptor:
     id_mldsa65: bytes
     link_x25519: bytes
     kem_mlkem768: bytes
+    ticket_x25519: bytes
+    ticket_key_id: int
     mix_epoch: int
     mix_current: bytes
     mix_next: bytes
@@ -159,6 +161,7 @@ class Descriptor:
         _check_len("id_mldsa65", self.id_mldsa65, MLDSA65_PUBLIC_LEN)
         _check_len("link_x25519", self.link_x25519, X25519_PUBLIC_LEN)
         _check_len("kem_mlkem768", self.kem_mlkem768, MLKEM768_PUBLIC_LEN)
+        _check_len("ticket_x25519", self.ticket_x25519, X25519_PUBLIC_LEN)
         _check_len("mix_current", self.mix_current, X25519_PUBLIC_LEN)
         _check_len("mix_next", self.mix_next, X25519_PUBLIC_LEN)
         if self.mix_current == self.mix_next:
@@ -167,6 +170,7 @@ class Descriptor:
             ("published", self.published, encoding.UINT_MAX),
             ("bandwidth", self.bandwidth, MAX_BANDWIDTH),
             ("mix_epoch", self.mix_epoch, MAX_EPOCH),
+            ("ticket_key_id", self.ticket_key_id, 255),
         ):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise _bad("bad_type", name, "must be an unsigned integer")
@@ -220,6 +224,8 @@ class Descriptor:
             "id_mldsa65": self.id_mldsa65,
             "link_x25519": self.link_x25519,
             "kem_mlkem768": self.kem_mlkem768,
+            "ticket_x25519": self.ticket_x25519,
+            "ticket_key_id": self.ticket_key_id,
             "mix_epoch": self.mix_epoch,
             "mix_current": self.mix_current,
             "mix_next": self.mix_next,
@@ -264,6 +270,8 @@ _BODY_KEYS: Final = frozenset(
         "id_mldsa65",
         "link_x25519",
         "kem_mlkem768",
+        "ticket_x25519",
+        "ticket_key_id",
         "mix_epoch",
         "mix_current",
         "mix_next",
@@ -358,6 +366,8 @@ def decode_body(body: bytes) -> Descriptor:
         id_mldsa65=_typed("id_mldsa65", m["id_mldsa65"], bytes),
         link_x25519=_typed("link_x25519", m["link_x25519"], bytes),
         kem_mlkem768=_typed("kem_mlkem768", m["kem_mlkem768"], bytes),
+        ticket_x25519=_typed("ticket_x25519", m["ticket_x25519"], bytes),
+        ticket_key_id=_typed("ticket_key_id", m["ticket_key_id"], int),
         mix_epoch=_typed("mix_epoch", m["mix_epoch"], int),
         mix_current=_typed("mix_current", m["mix_current"], bytes),
         mix_next=_typed("mix_next", m["mix_next"], bytes),
