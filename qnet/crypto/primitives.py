@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem
 from cryptography.hazmat.primitives.asymmetric import x25519 as _x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from qnet.errors import AuthenticationError, CryptoError
 
@@ -173,6 +173,21 @@ def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
         raise CryptoError("length out of range for HKDF-SHA256")
     kdf = HKDF(algorithm=hashes.SHA256(), length=length, salt=bytes(salt), info=bytes(info))
     return kdf.derive(bytes(ikm))
+
+
+def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
+    """HKDF-Extract-SHA256 (RFC 5869 §2.2): the 32-byte PRK, HMAC(salt, ikm)."""
+    return hmac.new(_need("salt", salt), _need("ikm", ikm), hashlib.sha256).digest()
+
+
+def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-Expand-SHA256 (RFC 5869 §2.3) of a PRK of at least 32 bytes."""
+    if not 0 < length <= 255 * 32:
+        raise CryptoError("length out of range for HKDF-SHA256")
+    prk = _need("prk", prk)
+    if len(prk) < 32:
+        raise CryptoError("prk must be at least 32 bytes")
+    return HKDFExpand(algorithm=hashes.SHA256(), length=length, info=bytes(info)).derive(prk)
 
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
