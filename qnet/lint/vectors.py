@@ -16,6 +16,10 @@ from typing import Any
 from qnet.crypto import accel
 from qnet.crypto.drbg import SeededRandom
 from qnet.errors import CellError, PacketError
+from qnet.lint.dir_vectors import check_directory
+from qnet.lint.htx_vectors import check_htx_frames
+from qnet.lint.inner_vectors import check_htx_inner
+from qnet.lint.ticket_vectors import check_tickets
 from qnet.mix import sphinx as S
 from qnet.routing import cells as R
 
@@ -256,6 +260,10 @@ def _run_cell_negative(neg: dict[str, Any]) -> None:
 CHECKERS: dict[str, Callable[[dict[str, Any]], list[Finding]]] = {
     "sphinx-x25519-v1": check_sphinx,
     "cells-v1": check_cells,
+    "directory-v1": check_directory,
+    "htx-inner-v1": check_htx_inner,
+    "htx-frames-v1": check_htx_frames,
+    "htx-tickets-v1": check_tickets,
 }
 
 
