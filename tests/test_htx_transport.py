@@ -319,3 +319,67 @@ def test_request_in_the_same_segment_as_the_client_finished() -> None:
             await sock.aclose()
 
     trio.run(main)
+
+
+async def _sink(link: T.HtxLink) -> None:
+    """Hash everything on the first stream; answer digest ‖ length, then FIN."""
+    stream = await link.accept_stream()
+    digest, total = hashlib.sha256(), 0
+    while data := await stream.receive_some():
+        digest.update(data)
+        total += len(data)
+    await stream.send_all(digest.digest() + total.to_bytes(8, "big"))
+    await stream.send_eof()
+
+
+async def _send_and_check(link: T.HtxLink, total: int, during: Callable[[int], None]) -> None:
+    stream = await link.open_stream()
+    chunk = hashlib.sha256(b"chunk").digest() * 2048  # 64 KiB
+    digest, sent = hashlib.sha256(), 0
+    while sent < total:
+        await stream.send_all(chunk)
+        digest.update(chunk)
+        sent += len(chunk)
+        during(sent)
+    await stream.send_eof()
+    answer = bytearray()
+    while data := await stream.receive_some():
+        answer += data
+    assert bytes(answer) == digest.digest() + total.to_bytes(8, "big")
+
+
+def test_one_gibibyte_through_one_stream() -> None:
+    async def main() -> None:
+        node = Node()
+        async with serving(node, _sink) as port, T.dial_tcp(node.peer(port)) as link:
+            await _send_and_check(link, 2**30, lambda _: None)
+
+    trio.run(main)
+
+
+def test_key_updates_mid_transfer() -> None:
+    # HTX frame keys roll every 64 frames on both sides; the TLS layer under it also
+    # rekeys (KeyUpdate) several times during the transfer.
+    from qnet.htx.session import HtxConfig
+
+    async def main() -> None:
+        node = Node()
+        quick = HtxConfig(rekey_frames=64)
+        node.config = T.ServerConfig(**{**_fields(node.config), "session_config": quick})
+        async with (
+            serving(node, _sink) as port,
+            T.dial_tcp(node.peer(port), session_config=quick) as link,
+        ):
+
+            def rekey_tls(sent: int) -> None:
+                if sent % (2 * 2**20) == 0:
+                    link._wire.tls.key_update()  # type: ignore[attr-defined]
+
+            await _send_and_check(link, 16 * 2**20, rekey_tls)
+            assert link.session.send_generation > 10
+
+    trio.run(main)
+
+
+def _fields(config: T.ServerConfig) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in T.ServerConfig.__dataclass_fields__}
