@@ -28,6 +28,9 @@ bench: $(STAMP)
 vectors: $(STAMP)
 	$(PY) -m tools.gen_vectors
 	$(PY) -m tools.gen_dir_vectors
+	$(PY) -m tools.gen_htx_vectors
+	$(PY) -m tools.gen_ticket_vectors
+	$(PY) -m tools.gen_inner_vectors
 
 lint: $(STAMP)
 	.venv/bin/ruff check qnet tools tests
