@@ -383,3 +383,24 @@ def test_key_updates_mid_transfer() -> None:
 
 def _fields(config: T.ServerConfig) -> dict[str, Any]:
     return {name: getattr(config, name) for name in T.ServerConfig.__dataclass_fields__}
+
+
+def test_concurrent_senders_all_get_send_room() -> None:
+    # Several streams blocked on flow control at once must all wake as windows open.
+    async def main() -> None:
+        node = Node()
+        async with serving(node) as port, T.dial_tcp(node.peer(port)) as link:
+            ok: list[bool] = []
+
+            async def one(i: int) -> None:
+                stream = await link.open_stream()
+                payload = bytes([i]) * (2 * 2**20)
+                ok.append(await roundtrip(stream, payload) == payload)
+
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    for i in range(4):
+                        nursery.start_soon(one, i)
+            assert ok == [True] * 4
+
+    trio.run(main)

@@ -380,7 +380,6 @@ class HtxLink:
         while self.session.send_buffered(stream_id) > SEND_BUFFER_LIMIT:
             if self.closed:
                 raise trio.BrokenResourceError("the link closed")
-            self._progress = trio.Event()
             await self._progress.wait()
         if self.closed:
             raise trio.BrokenResourceError("the link closed")
@@ -392,7 +391,7 @@ class HtxLink:
             self._accept_send.close()
             for stream in self._streams.values():
                 stream._deliver(b"", True)
-            self._progress.set()
+            self._wake_senders()
             self._cancel.cancel()
 
     def _dispatch(self, events: list[object]) -> None:
@@ -409,7 +408,12 @@ class HtxLink:
                 if ev.code:
                     log.info("htx session closed: code 0x%04x %s", ev.code, ev.reason)
                 self._mark_closed(ev)
+        self._wake_senders()
+
+    def _wake_senders(self) -> None:
+        """Wake every task waiting for send room, and arm a fresh event for the next wait."""
         self._progress.set()
+        self._progress = trio.Event()
 
     async def _reader(self) -> None:
         while not self.closed:
