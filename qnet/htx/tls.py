@@ -5,7 +5,8 @@ module adds what TCP needs and QUIC does not: the record layer (RFC 8446 §5),
 ChangeCipherSpec compatibility records, alerts, close_notify, KeyUpdate and the
 exporter. It also adds the hybrid group X25519MLKEM768 (0x11EC), which aioquic
 lacks, and writes the client's ClientHello from a ``HelloTemplate`` so that the
-hello can imitate a browser.
+hello can imitate a browser. ``quic_engine``/``quic_exporter`` put the same
+engine under aioquic's ``QuicConnection`` (``qnet/htx/quic.py``).
 
 Every reach into aioquic internals is in the ``_Engine`` class below and is
 written against aioquic 1.7.2 (pinned in pyproject.toml). Nothing else in QNet
@@ -54,6 +55,7 @@ from qnet.errors import CryptoError, QNetError
 from qnet.htx.errors import HtxTimeout, TlsError
 
 __all__ = [
+    "CHROME_QUIC_TEMPLATE",
     "CHROME_TEMPLATE",
     "GREASE_SLOT",
     "AlertReceived",
@@ -71,6 +73,8 @@ __all__ = [
     "VerifyMode",
     "certificate_fingerprint",
     "make_self_signed",
+    "quic_engine",
+    "quic_exporter",
     "write_client_hello",
 ]
 
@@ -204,6 +208,22 @@ def _hash(algorithm: hashes.HashAlgorithm, data: bytes) -> bytes:
     return h.finalize()
 
 
+def _export(
+    algorithm: hashes.HashAlgorithm,
+    exporter_secret: bytes,
+    label: bytes,
+    context: bytes,
+    length: int,
+) -> bytes:
+    """TLS-Exporter(label, context, length) from exporter_master_secret (RFC 8446 §7.5)."""
+    if not 0 < length <= 255 * algorithm.digest_size:
+        raise ValueError("length out of range for the exporter")
+    derived = _expand_label(
+        algorithm, exporter_secret, bytes(label), _hash(algorithm, b""), algorithm.digest_size
+    )
+    return _expand_label(algorithm, derived, b"exporter", _hash(algorithm, bytes(context)), length)
+
+
 class _RecordKey:
     """One direction's AEAD state for one traffic secret (RFC 8446 §5.2-5.3, §7.3)."""
 
@@ -281,6 +301,7 @@ _BUILT_EXTENSIONS: Final = frozenset(
         EXT_ALPS,
         EXT_ALPS_OLD,
         EXT_ECH,
+        EXT_QUIC_TRANSPORT_PARAMETERS,
     }
 )
 # Extensions that keep their template position when the order is shuffled.
@@ -324,6 +345,9 @@ class HelloTemplate:
     # lists the padding extension, pad up to exactly this length; else drop it.
     pad_to: int | None = None
     opaque_extensions: Mapping[int, bytes] = field(default_factory=dict)
+    # A QUIC hello: lists quic_transport_parameters (0x39), whose body the QUIC
+    # connection supplies, and has an empty session id (RFC 9001 §8.4).
+    quic: bool = False
 
     def __post_init__(self) -> None:
         def fail(name: str, why: str) -> None:
@@ -354,7 +378,12 @@ class HelloTemplate:
                 fail("extensions", f"TLS 1.3 needs extension {e}")
         if EXT_SIGNATURE_ALGORITHMS not in real:
             fail("extensions", "TLS 1.3 needs signature_algorithms (13)")
-        if EXT_QUIC_TRANSPORT_PARAMETERS in real:
+        if self.quic:
+            if EXT_QUIC_TRANSPORT_PARAMETERS not in real:
+                fail("extensions", "a QUIC template needs quic_transport_parameters (0x39)")
+            if self.session_id_len != 0:
+                fail("session_id_len", "QUIC has no middlebox compatibility session id")
+        elif EXT_QUIC_TRANSPORT_PARAMETERS in real:
             fail("extensions", "quic_transport_parameters is not sent over TCP")
         if EXT_PRE_SHARED_KEY in real:
             fail("extensions", "pre_shared_key is not supported (no resumption)")
@@ -425,14 +454,19 @@ def write_client_hello(
     random: bytes | None = None,
     session_id: bytes | None = None,
     rng: Callable[[int], bytes] = secrets.token_bytes,
+    quic_transport_parameters: bytes | None = None,
 ) -> bytes:
     """The ClientHello handshake message (4-byte header included) for ``template``.
 
     ``key_shares`` maps each real group of ``template.key_share_groups`` to its
     public share. ``rng`` supplies GREASE values, the extension permutation and
     the ECH GREASE bytes; ``random`` and ``session_id`` default to fresh bytes.
-    This function is the only place a ClientHello is composed.
+    ``quic_transport_parameters`` is the body of extension 0x39, which only a
+    QUIC template lists (it is required there). This function is the only place
+    a ClientHello is composed.
     """
+    if template.quic and quic_transport_parameters is None:
+        raise ValueError("a QUIC template needs quic_transport_parameters")
     alpn_list = list(template.alpn if alpn is None else alpn)
     g = _grease_draw(rng)
 
@@ -496,6 +530,8 @@ def write_client_hello(
                 + _vec16(rng(32))  # enc: an X25519 HPKE public value
                 + _vec16(rng(payload_len))
             )
+        if ext == EXT_QUIC_TRANSPORT_PARAMETERS:
+            return quic_transport_parameters
         return template.opaque_extensions[ext]
 
     grease_seen = 0
@@ -590,6 +626,37 @@ CHROME_TEMPLATE: Final = HelloTemplate(
         EXT_STATUS_REQUEST: b"\x01\x00\x00\x00\x00",
         EXT_SCT: b"",
     },
+)
+
+
+# A Chrome-like QUIC template (h3). Stand-in until issue 7 captures Chrome's QUIC
+# hello: TLS 1.3 suites only, no session id, quic_transport_parameters, ALPS h3,
+# the same hybrid key share as over TCP, permuted extensions.
+CHROME_QUIC_TEMPLATE: Final = HelloTemplate(
+    name="chrome-like-quic-h3",
+    session_id_len=0,
+    cipher_suites=(0x1301, 0x1302, 0x1303),
+    extensions=(
+        EXT_SERVER_NAME,
+        EXT_SUPPORTED_GROUPS,
+        EXT_ALPN,
+        EXT_SIGNATURE_ALGORITHMS,
+        EXT_KEY_SHARE,
+        EXT_PSK_KEY_EXCHANGE_MODES,
+        EXT_SUPPORTED_VERSIONS,
+        EXT_COMPRESS_CERTIFICATE,
+        EXT_QUIC_TRANSPORT_PARAMETERS,
+        EXT_ALPS,
+        EXT_ECH,
+    ),
+    shuffle_extensions=True,
+    supported_groups=(Group.X25519MLKEM768, Group.X25519, 0x0017, 0x0018),
+    key_share_groups=(Group.X25519MLKEM768, Group.X25519),
+    signature_algorithms=(0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601),
+    supported_versions=(TLS13,),
+    alpn=("h3",),
+    alps_protocols=("h3",),
+    quic=True,
 )
 
 
@@ -697,6 +764,12 @@ class _Engine(_aq.Context):
     * ``_client_handle_encrypted_extensions``: a server may decline ALPN, as
       browsers allow; a choice we did not offer is refused;
     * ``_client_handle_certificate_verify``: certificate pinning.
+    Under QUIC (``quic_engine``) the same overrides also carry the transport
+    parameters: the client's from ``handshake_extensions`` into the hello
+    (extension 0x39), the server's into EncryptedExtensions, and the server
+    calls ``alpn_cb`` as the stock server does (QuicConnection reads the
+    client's transport parameters there). Also read: ``handshake_extensions``,
+    ``alpn_cb``, ``update_traffic_key_cb``, ``received_extensions``.
     Attributes read or written: ``_cipher_suites``, ``_signature_algorithms``,
     ``_key_schedule_proxy``, ``key_schedule``, ``_enc_key``, ``_next_dec_key``,
     ``_peer_certificate``, ``_psk_key_exchange_mode``, ``legacy_session_id``,
@@ -737,6 +810,7 @@ class _Engine(_aq.Context):
         self.qnet_offered_alpn: list[str] = []
         self._qnet_x25519: prim.X25519Key | None = None
         self._qnet_hybrid: tuple[prim.MLKEM768Key, prim.X25519Key] | None = None
+        self.qnet_exporter: tuple[hashes.HashAlgorithm, bytes] | None = None  # QUIC only
 
     # -- client --
 
@@ -760,6 +834,7 @@ class _Engine(_aq.Context):
             alpn=self.qnet_offered_alpn,
             random=self.client_random,
             session_id=self.legacy_session_id,
+            quic_transport_parameters=self._qnet_quic_parameters(),
         )
         proxy = _aq.KeyScheduleProxy(self._cipher_suites)
         proxy.extract(None)
@@ -767,6 +842,13 @@ class _Engine(_aq.Context):
         self._key_schedule_proxy = proxy
         output_buf.push_bytes(hello)
         self._set_state(_aq.State.CLIENT_EXPECT_SERVER_HELLO)
+
+    def _qnet_quic_parameters(self) -> bytes | None:
+        """The body of quic_transport_parameters that a QuicConnection asked us to send."""
+        for ext_type, body in self.handshake_extensions:
+            if ext_type == EXT_QUIC_TRANSPORT_PARAMETERS:
+                return body
+        return None
 
     def _client_handle_hello(self, input_buf: Buffer, output_buf: Buffer) -> None:
         hello = _aq.pull_server_hello(input_buf)
@@ -817,6 +899,8 @@ class _Engine(_aq.Context):
         chosen = self.alpn_negotiated
         if chosen is not None and chosen not in self.qnet_offered_alpn:
             raise _aq.AlertNoApplicationProtocol("server chose an ALPN we did not offer")
+        if chosen is None and self.alpn_cb is not None:  # QUIC (RFC 9001 §8.1)
+            raise _aq.AlertNoApplicationProtocol("QUIC needs ALPN")
 
     def _client_handle_certificate_verify(self, input_buf: Buffer) -> None:
         super()._client_handle_certificate_verify(input_buf)
@@ -889,6 +973,10 @@ class _Engine(_aq.Context):
         self.server_random = prim.random_bytes(32)
         self.legacy_session_id = hello.legacy_session_id
         self.received_extensions = hello.other_extensions
+        if self.alpn_cb is not None:  # set only under QUIC: reads the transport parameters
+            if self.alpn_negotiated is None:
+                raise _aq.AlertNoApplicationProtocol("QUIC needs ALPN (RFC 9001 §8.1)")
+            self.alpn_cb(self.alpn_negotiated)
 
         ks = _aq.KeySchedule(suite)
         self.key_schedule = ks
@@ -910,7 +998,10 @@ class _Engine(_aq.Context):
         with _aq.push_message(ks, handshake_buf):
             _aq.push_encrypted_extensions(
                 handshake_buf,
-                _aq.EncryptedExtensions(alpn_protocol=self.alpn_negotiated, other_extensions=[]),
+                _aq.EncryptedExtensions(
+                    alpn_protocol=self.alpn_negotiated,
+                    other_extensions=list(self.handshake_extensions),  # empty over TCP
+                ),
             )
         with _aq.push_message(ks, handshake_buf):
             _aq.push_certificate(
@@ -943,6 +1034,47 @@ class _Engine(_aq.Context):
         self._next_dec_key = ks.derive_secret(b"c ap traffic")
         self._psk_key_exchange_mode = None
         self._server_expect_finished()
+
+
+# --- the engine under QUIC ----------------------------------------------------------
+
+
+def quic_engine(config: TlsClientConfig | TlsServerConfig, stock: _aq.Context) -> _aq.Context:
+    """Our engine in place of the ``stock`` context an aioquic 1.7.2 ``QuicConnection``
+    built for itself (``QuicConnection.tls``): same transport parameters, ALPN and
+    traffic-key callbacks, but our ClientHello writer (the template must be a QUIC
+    one) and X25519MLKEM768 on both sides. No resumption, no 0-RTT.
+
+    The first 1-RTT traffic key arrives when the transcript ends at the server
+    Finished; that is where exporter_master_secret is taken (see ``quic_exporter``).
+    """
+    if isinstance(config, TlsClientConfig) and not config.template.quic:
+        raise ValueError("template: a QUIC connection needs a QUIC template")
+    engine = _Engine(config)
+    engine.handshake_extensions = list(stock.handshake_extensions)
+    engine.alpn_cb = stock.alpn_cb
+    forward = stock.update_traffic_key_cb
+
+    def on_key(
+        direction: _aq.Direction, epoch: _aq.Epoch, suite: _aq.CipherSuite, secret: bytes
+    ) -> None:
+        if epoch is _aq.Epoch.ONE_RTT and engine.qnet_exporter is None:
+            ks = engine.key_schedule
+            assert ks is not None
+            engine.qnet_exporter = (ks.algorithm, ks.derive_secret(b"exp master"))
+        forward(direction, epoch, suite, secret)
+
+    engine.update_traffic_key_cb = on_key
+    return engine
+
+
+def quic_exporter(engine: _aq.Context, label: bytes, context: bytes, length: int) -> bytes:
+    """TLS-Exporter (RFC 8446 §7.5) of a QUIC connection's engine from ``quic_engine``."""
+    held = getattr(engine, "qnet_exporter", None)
+    if held is None:
+        raise TlsStateError("the exporter needs a completed handshake")
+    algorithm, secret = held
+    return _export(algorithm, secret, label, context, length)
 
 
 # --- the connection -----------------------------------------------------------------
@@ -1063,13 +1195,7 @@ class TlsConnection:
         """TLS-Exporter(label, context, length) of RFC 8446 §7.5."""
         if self._exporter_secret is None or self._exporter_hash is None:
             raise TlsStateError("the exporter needs a completed handshake")
-        if not 0 < length <= 255 * self._exporter_hash.digest_size:
-            raise ValueError("length out of range for the exporter")
-        alg = self._exporter_hash
-        derived = _expand_label(
-            alg, self._exporter_secret, bytes(label), _hash(alg, b""), alg.digest_size
-        )
-        return _expand_label(alg, derived, b"exporter", _hash(alg, bytes(context)), length)
+        return _export(self._exporter_hash, self._exporter_secret, label, context, length)
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the peer; ``b""`` means the peer closed TCP."""

@@ -464,6 +464,66 @@ class HtxLink:
             await self._wire.aclose()
 
 
+# --- the inner handshake, shared by TCP and QUIC ---------------------------------------
+
+
+async def run_inner_client(
+    wire: TunnelWire,
+    peer: PeerInfo,
+    exporter: bytes,
+    static_private: bytes | None,
+    config: HtxConfig | None,
+    read_ahead: bytes = b"",
+) -> HtxLink:
+    """Run the initiator's inner handshake over an open tunnel and return the link.
+
+    ``read_ahead`` is tunnel data that arrived with the tunnel's opening. Raises
+    ``HandshakeError`` (including when the tunnel ends mid-handshake).
+    """
+    initiator = InnerInitiator(peer.link_public, peer.mlkem_public, exporter, static_private)
+    await wire.send_tunnel(initiator.start())
+    step = initiator.receive(read_ahead) if read_ahead else None
+    while not isinstance(step, Finished):
+        if step is not None and step.send:
+            await wire.send_tunnel(step.send)
+        data = await wire.read_tunnel()
+        if data is None:
+            raise HandshakeError("eof", "tunnel closed during the inner handshake")
+        step = initiator.receive(data)
+    session = HtxSession(Role.CLIENT, step.session_secret, config, now=trio.current_time())
+    await wire.send_tunnel(step.send)
+    return await _start_link(wire, session, step)
+
+
+async def run_inner_server(
+    wire: TunnelWire, config: ServerConfig, exporter: bytes, read_ahead: bytes = b""
+) -> HtxLink:
+    """Run the responder's inner handshake over an accepted tunnel and return the link."""
+    responder = InnerResponder(config.link_private, config.mlkem, exporter)
+    step = responder.receive(read_ahead) if read_ahead else None
+    while not isinstance(step, Finished):
+        if step is not None and step.send:
+            await wire.send_tunnel(step.send)
+        data = await wire.read_tunnel()
+        if data is None:
+            raise HandshakeError("eof", "tunnel closed during the inner handshake")
+        step = responder.receive(data)
+    if step.send:
+        await wire.send_tunnel(step.send)
+    session = HtxSession(
+        Role.SERVER, step.session_secret, config.session_config, now=trio.current_time()
+    )
+    return await _start_link(wire, session, step)
+
+
+async def _start_link(wire: TunnelWire, session: HtxSession, step: Finished) -> HtxLink:
+    link = HtxLink(wire, session, step.remote_static_public)
+    if step.read_ahead:
+        link._dispatch(list(session.receive_data(step.read_ahead, trio.current_time())))
+    await link.flush()
+    return link
+
+
 # --- client -------------------------------------------------------------------------------
 
 
@@ -510,21 +570,7 @@ async def _client_handshake(
     ticket = build_ticket(peer.ticket_public, peer.ticket_key_id, time.time(), random_bytes)
     read_ahead = await _open_client_tunnel(wire, done.alpn, peer, ticket)
 
-    initiator = InnerInitiator(peer.link_public, peer.mlkem_public, exporter, static_private)
-    await wire.send_tunnel(initiator.start())
-    step = initiator.receive(read_ahead) if read_ahead else None
-    while not isinstance(step, Finished):
-        if step is not None and step.send:
-            await wire.send_tunnel(step.send)
-        data = await wire.read_tunnel()
-        step = initiator.receive(data or b"")
-    session = HtxSession(Role.CLIENT, step.session_secret, config, now=trio.current_time())
-    link = HtxLink(wire, session, step.remote_static_public)
-    await wire.send_tunnel(step.send)
-    if step.read_ahead:
-        link._dispatch(list(session.receive_data(step.read_ahead, trio.current_time())))
-    await link.flush()
-    return link
+    return await run_inner_client(wire, peer, exporter, static_private, config, read_ahead)
 
 
 async def _open_client_tunnel(wire: _Wire, alpn: str | None, peer: PeerInfo, ticket: str) -> bytes:
@@ -661,20 +707,4 @@ async def _server_handshake(
         if app is None and read_ahead is None:
             return None
 
-    responder = InnerResponder(config.link_private, config.mlkem, exporter)
-    step = responder.receive(read_ahead) if read_ahead else None
-    while not isinstance(step, Finished):
-        if step is not None and step.send:
-            await wire.send_tunnel(step.send)
-        data = await wire.read_tunnel()
-        step = responder.receive(data or b"")
-    if step.send:
-        await wire.send_tunnel(step.send)
-    session = HtxSession(
-        Role.SERVER, step.session_secret, config.session_config, now=trio.current_time()
-    )
-    link = HtxLink(wire, session, step.remote_static_public)
-    if step.read_ahead:
-        link._dispatch(list(session.receive_data(step.read_ahead, trio.current_time())))
-    await link.flush()
-    return link
+    return await run_inner_server(wire, config, exporter, read_ahead)

@@ -1,0 +1,719 @@
+"""The Trio layer of HTX over QUIC: a UDP socket, aioquic's sans-I/O QUIC and HTTP/3.
+
+    async with dial_quic(peer) as link:            # same HtxLink as dial_tcp gives
+        stream = await link.open_stream()
+
+    await nursery.start(serve_quic, handler, server_config)  # started() gets the socket
+
+The layering per connection (spec/htx-quic.md): UDP ⇄ ``QuicConnection`` (with our
+TLS engine from ``qnet.htx.tls.quic_engine``) ⇄ ``H3Connection`` ⇄ the tunnel =
+the DATA of one extended-CONNECT request stream ⇄ the inner handshake, then
+``HtxSession`` inside the shared ``HtxLink``. Without a valid ticket the server is
+an HTTP/3 web server for its cover site.
+
+aioquic is pinned at 1.7.2. Every reach into its QUIC internals is in this module
+and marked "aioquic 1.7.2 internal"; the TLS engine's are in ``qnet/htx/tls.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Final
+
+import trio
+from aioquic._buffer import Buffer
+from aioquic.h3 import events as h3e
+from aioquic.h3.connection import ErrorCode as H3ErrorCode
+from aioquic.h3.connection import H3Connection, Setting
+from aioquic.quic import events as qe
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.packet import (
+    QuicPacketType,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
+
+from qnet.crypto.primitives import random_bytes
+from qnet.htx import cover
+from qnet.htx.errors import HandshakeError, HtxTimeout, TicketError, TlsError
+from qnet.htx.inner import EXPORTER_LABEL
+from qnet.htx.session import HtxConfig
+from qnet.htx.ticket import (
+    DEFAULT_CARRIERS,
+    Carriers,
+    TicketVerifier,
+    build_ticket,
+    extract_ticket,
+    put_ticket,
+)
+from qnet.htx.tls import (
+    CHROME_QUIC_TEMPLATE,
+    TlsClientConfig,
+    TlsServerConfig,
+    TlsStateError,
+    quic_engine,
+    quic_exporter,
+)
+from qnet.htx.transport import (
+    HtxLink,
+    LinkHandler,
+    PeerInfo,
+    ServerConfig,
+    run_inner_client,
+    run_inner_server,
+)
+
+__all__ = ["ALPN", "dial_quic", "serve_quic"]
+
+log = logging.getLogger("qnet.htx")
+
+ALPN: Final = "h3"
+#: Largest UDP payload we read.
+DATAGRAM_READ: Final = 65536
+#: QUIC bytes queued on the tunnel stream (unacknowledged) before ``send_tunnel`` waits.
+TUNNEL_SEND_LIMIT: Final = 512 * 1024
+#: Server connections kept at once; Initial packets beyond this are dropped.
+MAX_SERVER_CONNECTIONS: Final = 4096
+#: Shortest datagram that may open a connection (RFC 9000 §14.1).
+MIN_INITIAL_DATAGRAM: Final = 1200
+
+
+class _Quic(QuicConnection):
+    """``QuicConnection`` whose TLS context is our engine.
+
+    aioquic 1.7.2 internal: ``_initialize`` builds ``self.tls`` (a stock
+    ``aioquic.tls.Context``) with the transport parameters and callbacks; we
+    swap in ``quic_engine``, which keeps them. It runs once per connection
+    (``connect`` on a client, the first Initial packet on a server).
+    """
+
+    def __init__(
+        self,
+        *,
+        tls_config: TlsClientConfig | TlsServerConfig,
+        configuration: QuicConfiguration,
+        original_destination_connection_id: bytes | None = None,
+    ) -> None:
+        self._qnet_tls_config = tls_config
+        super().__init__(
+            configuration=configuration,
+            original_destination_connection_id=original_destination_connection_id,
+        )
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        self.tls = quic_engine(self._qnet_tls_config, self.tls)
+
+    def exporter(self) -> bytes:
+        """The inner handshake's prologue: TLS exporter of this QUIC connection's TLS."""
+        return quic_exporter(self.tls, EXPORTER_LABEL, b"", 32)
+
+    @property
+    def closing(self) -> bool:
+        """True once either side started closing (aioquic 1.7.2 internal ``_close_event``)."""
+        return self._close_event is not None
+
+    def stream_backlog(self, stream_id: int) -> int:
+        """Bytes queued on a stream and not yet acknowledged (aioquic 1.7.2 internals
+        ``_streams`` and the sender's ``_buffer_start``/``_buffer_stop``)."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return sender._buffer_stop - sender._buffer_start
+
+
+Sender = Callable[[bytes, NetworkAddress], None]
+
+
+class _Connection:
+    """One QUIC + HTTP/3 connection driven from Trio, and the ``TunnelWire`` over its
+    tunnel stream once one is open.
+
+    ``datagram`` feeds a received datagram; ``drive`` is the connection's one task:
+    it hands events to ``on_h3``, writes datagrams after every batch, and runs the
+    QUIC timer. Waiters use ``_wait`` and wake after each batch.
+    """
+
+    def __init__(self, quic: _Quic, send: Sender) -> None:
+        self.quic = quic
+        self.h3 = H3Connection(quic)
+        self._send = send
+        self._wake = trio.Event()
+        self._changed = trio.Event()
+        self.handshake_done = False
+        self.terminated = False
+        self.tunnel_id: int | None = None
+        self._tunnel_in: list[bytes] = []
+        self._tunnel_eof = False
+        self._tunnel_sent_fin = False
+
+    # -- driving --
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def datagram(self, data: bytes, addr: NetworkAddress) -> None:
+        if self.terminated:
+            return
+        self.quic.receive_datagram(data, addr, trio.current_time())
+        self.poke()
+
+    def _transmit(self) -> None:
+        for data, addr in self.quic.datagrams_to_send(trio.current_time()):
+            self._send(data, addr)
+
+    async def drive(self) -> None:
+        """Run the connection until QUIC reports it terminated."""
+        while not self.terminated:
+            self._wake = trio.Event()
+            while (event := self.quic.next_event()) is not None:
+                self._on_quic(event)
+            if self.quic.closing:
+                self._tunnel_eof = True
+            self._transmit()
+            self._changed.set()
+            self._changed = trio.Event()
+            if self.terminated:
+                break
+            deadline = self.quic.get_timer()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._wake.wait()
+            now = trio.current_time()
+            if deadline is not None and now >= deadline:
+                self.quic.handle_timer(now)
+
+    def _on_quic(self, event: qe.QuicEvent) -> None:
+        if isinstance(event, qe.HandshakeCompleted):
+            self.handshake_done = True
+        elif isinstance(event, qe.ConnectionTerminated):
+            self.terminated = True
+            self._tunnel_eof = True
+            log.debug("quic connection ended: 0x%x %s", event.error_code, event.reason_phrase or "")
+        elif isinstance(event, qe.StreamReset) and event.stream_id == self.tunnel_id:
+            self._tunnel_eof = True
+        self.on_quic(event)
+        if self.terminated:
+            return
+        for h3_event in self.h3.handle_event(event):
+            self.on_h3(h3_event)
+
+    def on_quic(self, event: qe.QuicEvent) -> None:
+        """Hook for subclasses (connection ids on the server)."""
+
+    def on_h3(self, event: h3e.H3Event) -> None:
+        raise NotImplementedError
+
+    async def _wait(self, ready: Callable[[], bool]) -> None:
+        """Wait until ``ready()``; raises ``trio.BrokenResourceError`` if the connection ends."""
+        while not ready():
+            if self.terminated or self.quic.closing:
+                raise trio.BrokenResourceError("the QUIC connection closed")
+            await self._changed.wait()
+
+    def _tunnel_data(self, data: bytes, ended: bool) -> None:
+        if data:
+            self._tunnel_in.append(data)
+        self._tunnel_eof = self._tunnel_eof or ended
+
+    # -- TunnelWire --
+
+    async def read_tunnel(self) -> bytes | None:
+        while not self._tunnel_in:
+            if self._tunnel_eof or self.terminated:
+                return None
+            await self._changed.wait()
+        data = b"".join(self._tunnel_in)
+        self._tunnel_in.clear()
+        return data
+
+    async def send_tunnel(self, data: bytes) -> None:
+        sid = self.tunnel_id
+        if sid is None or self._tunnel_sent_fin or self.terminated or self.quic.closing:
+            raise trio.BrokenResourceError("the tunnel is closed")
+        self.h3.send_data(sid, data, end_stream=False)
+        self.poke()
+        await self._wait(lambda: self.quic.stream_backlog(sid) <= TUNNEL_SEND_LIMIT)
+
+    async def aclose(self) -> None:
+        """End the tunnel stream and close QUIC (H3_NO_ERROR); bounded, never raises."""
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            if not self.terminated and not self.quic.closing:
+                if self.tunnel_id is not None and not self._tunnel_sent_fin:
+                    self._tunnel_sent_fin = True
+                    try:
+                        self.h3.send_data(self.tunnel_id, b"", end_stream=True)
+                    except Exception:  # noqa: BLE001 - stream already gone: nothing to end
+                        pass
+                self.quic.close(error_code=H3ErrorCode.H3_NO_ERROR)
+                self.poke()
+                await self._changed.wait()  # the CONNECTION_CLOSE went out
+
+
+# --- client -------------------------------------------------------------------------------
+
+
+class _ClientConnection(_Connection):
+    def __init__(self, quic: _Quic, send: Sender) -> None:
+        super().__init__(quic, send)
+        self.status: bytes | None = None
+
+    def on_h3(self, event: h3e.H3Event) -> None:
+        if isinstance(event, h3e.HeadersReceived) and event.stream_id == self.tunnel_id:
+            if self.status is None:
+                self.status = dict(event.headers).get(b":status", b"")
+            if event.stream_ended:
+                self._tunnel_eof = True
+        elif isinstance(event, h3e.DataReceived) and event.stream_id == self.tunnel_id:
+            if self.status == b"200":
+                self._tunnel_data(event.data, event.stream_ended)
+            elif event.stream_ended:
+                self._tunnel_eof = True
+
+
+def _connect_headers(peer: PeerInfo, ticket: str, carriers: Carriers) -> list[tuple[bytes, bytes]]:
+    authority = peer.server_name if peer.port == 443 else f"{peer.server_name}:{peer.port}"
+    placed = put_ticket(ticket, peer.path, carriers)
+    if placed.body:
+        raise ValueError("the form-body carrier does not exist on HTTP/3")
+    pairs = [
+        (":method", "CONNECT"),
+        (":authority", authority),
+        (":scheme", "https"),
+        (":path", placed.target),
+        (":protocol", "websocket"),
+        ("pragma", "no-cache"),
+        ("cache-control", "no-cache"),
+        ("user-agent", cover.CHROME_UA),
+        ("origin", f"https://{authority}"),
+        ("sec-websocket-version", "13"),
+        ("accept-encoding", "gzip, deflate, br, zstd"),
+        ("accept-language", "en-US,en;q=0.9"),
+        *((k.lower(), v) for k, v in placed.headers),
+        ("sec-websocket-extensions", "permessage-deflate; client_max_window_bits"),
+    ]
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
+
+
+async def _open_client_tunnel(conn: _ClientConnection, peer: PeerInfo, carriers: Carriers) -> None:
+    """Send the extended CONNECT with a ticket; return once the server answered 200."""
+    try:
+        await conn._wait(lambda: conn.h3.received_settings is not None)
+    except trio.BrokenResourceError as exc:
+        raise TicketError("refused", "connection closed before the server's SETTINGS") from exc
+    settings = conn.h3.received_settings or {}
+    if settings.get(Setting.ENABLE_CONNECT_PROTOCOL) != 1:
+        raise TicketError("refused", "server does not offer extended CONNECT")
+    ticket = build_ticket(peer.ticket_public, peer.ticket_key_id, time.time(), random_bytes)
+    sid = conn.quic.get_next_available_stream_id()
+    conn.tunnel_id = sid
+    conn.h3.send_headers(sid, _connect_headers(peer, ticket, carriers))
+    conn.poke()
+    try:
+        await conn._wait(lambda: conn.status is not None or conn._tunnel_eof)
+    except trio.BrokenResourceError as exc:
+        raise TicketError("refused", "connection closed before an answer") from exc
+    if conn.status != b"200":
+        raise TicketError("refused", f"status {conn.status!r}")
+
+
+class _Udp:
+    """A UDP socket: Trio waits for reads; writes are immediate (a datagram that does
+    not fit in the socket buffer is dropped, as the network would drop it, and QUIC
+    retransmits). The driver therefore never awaits a send."""
+
+    def __init__(self, family: int) -> None:
+        self.raw = socket.socket(family, socket.SOCK_DGRAM)
+        self.raw.setblocking(False)
+        self.trio = trio.socket.from_stdlib_socket(self.raw)
+
+    def send(self, data: bytes, addr: NetworkAddress) -> None:
+        try:
+            self.raw.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            log.debug("quic send failed: %s", exc)
+
+    async def receive(self) -> tuple[bytes, NetworkAddress]:
+        while True:
+            try:
+                data, addr = await self.trio.recvfrom(DATAGRAM_READ)
+            except OSError as exc:  # ICMP port unreachable and the like
+                log.debug("quic receive failed: %s", exc)
+                continue
+            return data, (str(addr[0]), int(addr[1]))
+
+    def close(self) -> None:
+        self.trio.close()
+
+
+async def _resolve(host: str, port: int) -> tuple[int, NetworkAddress]:
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host!r}")
+    family, _, _, _, addr = infos[0]
+    return int(family), (str(addr[0]), int(addr[1]))
+
+
+async def _read_datagrams(udp: _Udp, conn: _Connection) -> None:
+    while True:
+        data, addr = await udp.receive()
+        conn.datagram(data, addr)
+
+
+@asynccontextmanager
+async def dial_quic(
+    peer: PeerInfo,
+    *,
+    static_private: bytes | None = None,
+    tls_config: TlsClientConfig | None = None,
+    session_config: HtxConfig | None = None,
+    carriers: Carriers = DEFAULT_CARRIERS,
+    timeout: float = 15.0,
+) -> AsyncIterator[HtxLink]:
+    """Open an HTX link to ``peer`` over QUIC (HTTP/3). Same contract as ``dial_tcp``:
+    raises ``HtxTimeout``, ``TicketError`` (the node answered as a web site),
+    ``TlsError`` (QUIC/TLS failed), ``HandshakeError`` or ``OSError``.
+
+    ``tls_config`` must use a QUIC template (the default is ``CHROME_QUIC_TEMPLATE``).
+    """
+    config = tls_config or TlsClientConfig(
+        server_name=peer.server_name, template=CHROME_QUIC_TEMPLATE, alpn=(ALPN,)
+    )
+    if not config.template.quic:
+        raise ValueError("tls_config: a QUIC connection needs a QUIC template")
+    quic_config = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=[ALPN],
+        server_name=peer.server_name,
+        verify_mode=ssl.CERT_NONE,  # our engine checks the certificate per ``config.verify``
+    )
+    family, addr = await _resolve(peer.host, peer.port)
+    udp = _Udp(family)
+    try:
+        await udp.trio.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        conn = _ClientConnection(_Quic(tls_config=config, configuration=quic_config), udp.send)
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_datagrams, udp, conn)
+            nursery.start_soon(conn.drive)
+            conn.quic.connect(addr, now=trio.current_time())
+            conn.poke()
+            link: HtxLink | None = None
+            try:
+                with trio.fail_after(timeout):
+                    link = await _client_handshake(
+                        conn, peer, static_private, session_config, carriers
+                    )
+            except trio.TooSlowError:
+                failure = HtxTimeout("HTX handshake over QUIC timed out")
+            except (TicketError, TlsError, HandshakeError, OSError) as exc:
+                failure = exc
+            if link is None:
+                await conn.aclose()
+                nursery.cancel_scope.cancel()
+            else:
+                nursery.start_soon(link.run)
+                try:
+                    yield link
+                finally:
+                    await link.aclose()
+                    nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+    finally:
+        udp.close()
+
+
+async def _client_handshake(
+    conn: _ClientConnection,
+    peer: PeerInfo,
+    static_private: bytes | None,
+    session_config: HtxConfig | None,
+    carriers: Carriers,
+) -> HtxLink:
+    try:
+        await conn._wait(lambda: conn.handshake_done)
+    except trio.BrokenResourceError as exc:
+        raise TlsError("quic", "the QUIC handshake failed") from exc
+    try:
+        exporter = conn.quic.exporter()
+    except TlsStateError as exc:
+        raise TlsError("quic", "no exporter after the QUIC handshake") from exc
+    await _open_client_tunnel(conn, peer, carriers)
+    try:
+        return await run_inner_client(conn, peer, exporter, static_private, session_config)
+    except trio.BrokenResourceError as exc:
+        raise HandshakeError("eof", "connection closed during the inner handshake") from exc
+
+
+# --- server -------------------------------------------------------------------------------
+
+
+class _ServerConnection(_Connection):
+    """A server connection: an HTTP/3 cover site until a request carries a valid ticket."""
+
+    def __init__(
+        self,
+        quic: _Quic,
+        send: Sender,
+        server: _QuicServer,
+        peer_ip: str,
+    ) -> None:
+        super().__init__(quic, send)
+        self.server = server
+        self.peer_ip = peer_ip
+        self.cids: set[bytes] = set()
+        # request stream -> (method, target, headers) until the request ends
+        self._requests: dict[int, tuple[str, str, cover.Headers]] = {}
+        self._nursery: trio.Nursery | None = None
+
+    def on_quic(self, event: qe.QuicEvent) -> None:
+        if isinstance(event, qe.ConnectionIdIssued):
+            self.cids.add(event.connection_id)
+            self.server.routes[event.connection_id] = self
+        elif isinstance(event, qe.ConnectionIdRetired):
+            self.cids.discard(event.connection_id)
+            if self.server.routes.get(event.connection_id) is self:
+                del self.server.routes[event.connection_id]
+
+    def on_h3(self, event: h3e.H3Event) -> None:
+        if isinstance(event, h3e.HeadersReceived):
+            self._on_headers(event)
+        elif isinstance(event, h3e.DataReceived):
+            sid = event.stream_id
+            if sid == self.tunnel_id:
+                self._tunnel_data(event.data, event.stream_ended)
+            elif event.stream_ended and sid in self._requests:
+                self._answer(sid, *self._requests.pop(sid))
+            # request bodies of the cover site are read and dropped
+
+    def _on_headers(self, event: h3e.HeadersReceived) -> None:
+        sid = event.stream_id
+        if sid == self.tunnel_id or sid in self._requests:
+            return  # trailers
+        pseudo: dict[str, str] = {}
+        headers: list[tuple[str, str]] = []
+        for k, v in event.headers:
+            name, value = k.decode("latin-1"), v.decode("latin-1")
+            if name.startswith(":"):
+                pseudo[name] = value
+            else:
+                headers.append((name, value))
+        method, target = pseudo.get(":method", ""), pseudo.get(":path", "")
+        request = (method, target, tuple(headers))
+        now = time.time()
+        if method == "CONNECT" and pseudo.get(":protocol", "").lower() == "websocket":
+            if self.tunnel_id is None and not event.stream_ended:
+                ticket = extract_ticket(headers, target, b"", self.server.carriers)
+                verdict = self.server.verifier.check(ticket, self.peer_ip, now)
+                if verdict.accepted:
+                    self._accept(sid, now)
+                    return
+                log.debug("tunnel request refused: %s", verdict.reason)
+            self._answer(sid, *request)
+            return
+        if event.stream_ended:
+            self._answer(sid, *request)
+        else:
+            self._requests[sid] = request
+
+    def _accept(self, sid: int, now: float) -> None:
+        site = self.server.config.site
+        self.h3.send_headers(
+            sid,
+            [
+                (b":status", b"200"),
+                (b"server", site.server.encode("latin-1")),
+                (b"date", cover.http_date(now).encode("latin-1")),
+            ],
+        )
+        self.tunnel_id = sid
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_tunnel)
+
+    def _answer(self, sid: int, method: str, target: str, headers: cover.Headers) -> None:
+        """The cover site's answer, exactly as the h2 server gives it."""
+        site, now = self.server.config.site, time.time()
+        if not target.startswith("/") and method != "CONNECT":
+            resp = site.error(400, now)
+        else:
+            resp = site.respond(method, target, headers, now)
+        fields = [(b":status", str(resp.status).encode())] + [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers
+        ]
+        try:
+            self.h3.send_headers(sid, fields, end_stream=not resp.body)
+            if resp.body:
+                self.h3.send_data(sid, resp.body, end_stream=True)
+        except Exception as exc:  # noqa: BLE001 - the peer reset the stream meanwhile
+            log.debug("cover answer on stream %d dropped: %r", sid, exc)
+
+    async def _run_tunnel(self) -> None:
+        config = self.server.config
+        try:
+            with trio.fail_after(config.handshake_timeout):
+                link = await run_inner_server(self, config, self.quic.exporter())
+        except (trio.TooSlowError, HandshakeError, TlsStateError, trio.BrokenResourceError) as exc:
+            log.debug("htx connection over quic ended before a link: %r", exc)
+            await self.aclose()
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(link.run)
+                try:
+                    await self.server.handler(link)
+                finally:
+                    await link.aclose()
+        except Exception:  # noqa: BLE001 - a failing handler ends its own connection only
+            log.exception("htx link handler failed")
+        finally:
+            await self.aclose()
+
+    async def run(self) -> None:
+        """The connection's life: drive QUIC; drop it if the handshake stalls."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._watchdog)
+                await self.drive()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.server.forget(self)
+
+    async def _watchdog(self) -> None:
+        await trio.sleep(self.server.config.handshake_timeout)
+        if not self.handshake_done:
+            log.debug("quic handshake stalled; dropping the connection")
+            self.terminated = True
+            self.poke()
+
+
+class _QuicServer:
+    """The UDP dispatcher: routes datagrams by destination connection id."""
+
+    def __init__(
+        self,
+        handler: LinkHandler,
+        config: ServerConfig,
+        udp: _Udp,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.handler = handler
+        self.config = config
+        self.carriers = DEFAULT_CARRIERS
+        self.verifier = TicketVerifier(config.ticket_keys, config.ticket_config)
+        self.send = udp.send
+        self.nursery = nursery
+        self.routes: dict[bytes, _ServerConnection] = {}
+        self.connections: set[_ServerConnection] = set()
+        self.dropped = 0
+        self.quic_config = QuicConfiguration(
+            is_client=False,
+            alpn_protocols=[ALPN],
+            # aioquic wants these; our TLS engine takes them from ``tls_config``.
+            certificate=config.certificate_chain[0],
+            private_key=config.certificate_key,
+        )
+        self.tls_config = TlsServerConfig(
+            certificate_chain=config.certificate_chain,  # type: ignore[arg-type]
+            private_key=config.certificate_key,
+            alpn=(ALPN,),
+        )
+
+    def forget(self, conn: _ServerConnection) -> None:
+        self.connections.discard(conn)
+        for cid in conn.cids:
+            if self.routes.get(cid) is conn:
+                del self.routes[cid]
+
+    def datagram(self, data: bytes, addr: NetworkAddress) -> None:
+        try:
+            header = pull_quic_header(
+                Buffer(data=data), host_cid_length=self.quic_config.connection_id_length
+            )
+        except ValueError:
+            self.dropped += 1
+            return
+        if (
+            header.packet_type != QuicPacketType.VERSION_NEGOTIATION
+            and header.version is not None
+            and header.version not in self.quic_config.supported_versions
+        ):
+            self.send(
+                encode_quic_version_negotiation(
+                    source_cid=header.destination_cid,
+                    destination_cid=header.source_cid,
+                    supported_versions=self.quic_config.supported_versions,
+                ),
+                addr,
+            )
+            return
+        conn = self.routes.get(header.destination_cid)
+        if conn is None:
+            if (
+                header.packet_type != QuicPacketType.INITIAL
+                or len(data) < MIN_INITIAL_DATAGRAM
+                or len(self.connections) >= MAX_SERVER_CONNECTIONS
+            ):
+                self.dropped += 1
+                return
+            quic = _Quic(
+                tls_config=self.tls_config,
+                configuration=self.quic_config,
+                original_destination_connection_id=header.destination_cid,
+            )
+            conn = _ServerConnection(quic, self.send, self, str(addr[0]))
+            conn.cids = {header.destination_cid, quic.host_cid}
+            for cid in conn.cids:
+                self.routes[cid] = conn
+            self.connections.add(conn)
+            self.nursery.start_soon(conn.run)
+        try:
+            conn.datagram(data, addr)
+        except Exception:  # noqa: BLE001 - one connection's failure must not stop the rest
+            log.exception("quic connection failed on a datagram; dropping it")
+            conn.terminated = True
+            conn.poke()
+
+
+async def serve_quic(
+    handler: LinkHandler,
+    config: ServerConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    task_status: trio.TaskStatus[trio.socket.SocketType] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve HTX over QUIC on UDP ``host:port`` until cancelled.
+
+    ``task_status.started`` gets the bound UDP socket. Each connection is an
+    HTTP/3 web server (the cover site) until an extended CONNECT carries a valid
+    ticket; then the inner handshake runs on that request stream and
+    ``handler(link)`` is awaited. A failure on one connection is logged and ends
+    only that connection; undecodable datagrams are counted and dropped.
+    """
+    family, bind_addr = await _resolve(host, port)
+    udp = _Udp(family)
+    try:
+        await udp.trio.bind(bind_addr)
+        async with trio.open_nursery() as nursery:
+            server = _QuicServer(handler, config, udp, nursery)
+            task_status.started(udp.trio)
+            while True:
+                data, addr = await udp.receive()
+                try:
+                    server.datagram(data, addr)
+                except Exception:  # noqa: BLE001 - one datagram must not stop the server
+                    log.exception("quic datagram from a new peer failed; dropped")
+    finally:
+        udp.close()
