@@ -404,3 +404,22 @@ def test_concurrent_senders_all_get_send_room() -> None:
             assert ok == [True] * 4
 
     trio.run(main)
+
+
+def test_a_stalled_handshake_times_out() -> None:
+    from qnet.htx.errors import HtxTimeout
+
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    async def main() -> None:
+        node = Node()
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(trio.serve_tcp, silent, 0)
+            port = listeners[0].socket.getsockname()[1]
+            with pytest.raises(HtxTimeout):
+                async with T.dial_tcp(node.peer(port), timeout=0.5):
+                    pass
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
