@@ -46,6 +46,10 @@ class TamperedCell(CellError):
     """The end-to-end AEAD check of a relay cell failed."""
 
 
+class CircuitError(DecodeError):
+    """A circuit handshake or circuit-level message was refused (spec/circuits.md)."""
+
+
 class CryptoError(QNetError):
     """A primitive refused its input (wrong key length, invalid key, bad signature)."""
 
@@ -72,3 +76,15 @@ class IdentityMismatch(DirectoryError):
 
 class StaleDocument(DirectoryError):
     """The document is too old (``expired``) or dated too far ahead (``future``)."""
+
+
+class UnknownAuthority(DirectoryError):
+    """A vote or a consensus signature names an authority that is not configured."""
+
+
+class InsufficientSignatures(DirectoryError):
+    """A consensus carries signatures from no more than half of the known authorities."""
+
+
+class InsufficientVotes(DirectoryError):
+    """Too few valid votes to compute a consensus (no more than half of the authorities)."""
