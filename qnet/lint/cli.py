@@ -26,6 +26,7 @@ def run_vectors(directory: Path, backends: list[str], out: TextIO = sys.stdout) 
     if not files:
         print(f"no vector files in {directory}", file=out)
         return 1
+    width = max(len(path.name) for path, _ in files)
     previous = accel.BACKEND_NAME
     try:
         for name in backends:
@@ -34,7 +35,7 @@ def run_vectors(directory: Path, backends: list[str], out: TextIO = sys.stdout) 
                 findings = check_file(doc)
                 total += len(findings)
                 status = "ok" if not findings else f"{len(findings)} finding(s)"
-                print(f"{path.name:<14} {name:<8} {status}", file=out)
+                print(f"{path.name:<{width}} {name:<8} {status}", file=out)
                 for f in findings:
                     print(f"  - {f}", file=out)
     finally:

@@ -16,6 +16,7 @@ from typing import Any
 from qnet.crypto import accel
 from qnet.crypto.drbg import SeededRandom
 from qnet.errors import CellError, PacketError
+from qnet.lint.circuit_vectors import check_circuits
 from qnet.lint.consensus_vectors import check_consensus
 from qnet.lint.dir_vectors import check_directory
 from qnet.lint.htx_vectors import check_htx_frames
@@ -263,6 +264,7 @@ CHECKERS: dict[str, Callable[[dict[str, Any]], list[Finding]]] = {
     "cells-v1": check_cells,
     "directory-v1": check_directory,
     "directory-consensus-v1": check_consensus,
+    "circuits-v1": check_circuits,
     "htx-inner-v1": check_htx_inner,
     "htx-frames-v1": check_htx_frames,
     "htx-tickets-v1": check_tickets,

@@ -43,6 +43,8 @@ class RelayCommand(enum.IntEnum):
     DROP = 0x06
     RESOLVE = 0x07
     RESOLVED = 0x08
+    XOFF = 0x09
+    XON = 0x0A
 
 
 _NO_CIRCUIT = {UnitCommand.PADDING, UnitCommand.SPHINX}
