@@ -1,0 +1,202 @@
+"""The client's circuits on one link to its entry (spec/circuits.md), sans-I/O.
+
+table = ClientCircuits(dialed=True)
+cid, unit = table.create(path, now)               # write unit to the link
+for event in table.receive_units([unit, ...], now):
+    CircuitOpened / CircuitFailed / CircuitClosed / CellReceived
+units = table.send(cid, [RelayCell, ...])           # write them to the link
+unit = table.destroy(cid)
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from qnet.constants import BODY_LEN
+from qnet.crypto.primitives import random_bytes
+from qnet.errors import CellError, CircuitError
+from qnet.routing import circuit as C
+from qnet.routing.cells import (
+    ClientOnion,
+    RelayCell,
+    Unit,
+    UnitCommand,
+    decode_relay_cell,
+    decode_unit,
+)
+from qnet.routing.relay import DestroyReason
+
+Rng = Callable[[int], bytes]
+
+
+class CircuitState(enum.Enum):
+    BUILDING = "building"
+    OPEN = "open"
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitOpened:
+    circ_id: int
+    build_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitFailed:
+    """The build failed (refused, bad reply); the circuit is gone."""
+
+    circ_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitClosed:
+    """An open circuit was destroyed (by a hop, or because a cell failed its check)."""
+
+    circ_id: int
+    reason: DestroyReason
+
+
+@dataclass(frozen=True, slots=True)
+class CellReceived:
+    circ_id: int
+    cell: RelayCell
+
+
+Event = CircuitOpened | CircuitFailed | CircuitClosed | CellReceived
+
+
+class _Circuit:
+    __slots__ = ("onion", "pending", "started", "state")
+
+    def __init__(self, pending: C.PendingCreate, now: float) -> None:
+        self.pending: C.PendingCreate | None = pending
+        self.onion: ClientOnion | None = None
+        self.state = CircuitState.BUILDING
+        self.started = now
+
+
+def _destroy(cid: int, reason: DestroyReason) -> bytes:
+    body = bytes([reason]) + bytes(BODY_LEN - 1)
+    return Unit(circ_id=cid, command=UnitCommand.DESTROY, body=body).encode()
+
+
+class ClientCircuits:
+    """Every circuit this client has on one link (one entry)."""
+
+    def __init__(self, *, dialed: bool = True, rng: Rng = random_bytes) -> None:
+        self._top = 0x80000000 if dialed else 0
+        self._rng = rng
+        self._circuits: dict[int, _Circuit] = {}
+        self.drops: Counter[str] = Counter()
+
+    def __contains__(self, cid: object) -> bool:
+        return cid in self._circuits
+
+    def state(self, cid: int) -> CircuitState | None:
+        circuit = self._circuits.get(cid)
+        return circuit.state if circuit else None
+
+    def create(self, path: Sequence[C.HopRoute], now: float) -> tuple[int, bytes]:
+        """Start a circuit over ``path`` (``path[0]`` is this link's peer)."""
+        packet, pending = C.build_create(path, self._rng)
+        while True:
+            cid = self._top | (int.from_bytes(self._rng(4), "big") & 0x7FFFFFFF)
+            if cid and cid not in self._circuits:
+                break
+        self._circuits[cid] = _Circuit(pending, now)
+        return cid, Unit(circ_id=cid, command=UnitCommand.CREATE, body=packet).encode()
+
+    def send(self, cid: int, cells: Iterable[RelayCell]) -> list[bytes]:
+        """Units carrying ``cells`` on open circuit ``cid``. ``KeyError`` if not open."""
+        circuit = self._circuits[cid]
+        if circuit.onion is None:
+            raise KeyError(cid)
+        return [
+            Unit(
+                circ_id=cid, command=UnitCommand.RELAY, body=circuit.onion.seal_forward(c.encode())
+            ).encode()
+            for c in cells
+        ]
+
+    def destroy(self, cid: int, reason: DestroyReason = DestroyReason.REQUESTED) -> bytes | None:
+        """Forget ``cid``; the DESTROY unit to send, if it existed."""
+        return _destroy(cid, reason) if self._circuits.pop(cid, None) is not None else None
+
+    def link_lost(self) -> list[Event]:
+        """The link died: every circuit on it is gone."""
+        events: list[Event] = []
+        for cid, circuit in self._circuits.items():
+            if circuit.state is CircuitState.OPEN:
+                events.append(CircuitClosed(cid, DestroyReason.DESTROYED))
+            else:
+                events.append(CircuitFailed(cid, "link_lost"))
+        self._circuits.clear()
+        return events
+
+    def expire(self, now: float, build_timeout: float) -> tuple[list[Event], list[bytes]]:
+        """Fail builds older than ``build_timeout``: events, and DESTROY units to send."""
+        events: list[Event] = []
+        units: list[bytes] = []
+        for cid, circuit in list(self._circuits.items()):
+            if circuit.state is CircuitState.BUILDING and now - circuit.started > build_timeout:
+                del self._circuits[cid]
+                events.append(CircuitFailed(cid, "timeout"))
+                units.append(_destroy(cid, DestroyReason.TIMEOUT))
+        return events, units
+
+    def receive_units(self, raws: Iterable[bytes], now: float) -> tuple[list[Event], list[bytes]]:
+        """Handle units from the entry: events, and units to send back (DESTROYs)."""
+        events: list[Event] = []
+        replies: list[bytes] = []
+        for raw in raws:
+            try:
+                unit = decode_unit(raw)
+            except CellError as exc:
+                self.drops[f"unit_{exc.reason}"] += 1
+                continue
+            circuit = self._circuits.get(unit.circ_id)
+            if circuit is None:
+                self.drops["unknown_circuit"] += 1
+                continue
+            cid = unit.circ_id
+            if unit.command is UnitCommand.CREATED and circuit.pending is not None:
+                try:
+                    keys = circuit.pending.complete(unit.body)
+                except CircuitError as exc:
+                    del self._circuits[cid]
+                    events.append(CircuitFailed(cid, exc.reason))
+                    replies.append(_destroy(cid, DestroyReason.PROTOCOL))
+                    continue
+                circuit.onion, circuit.pending = ClientOnion(keys), None
+                circuit.state = CircuitState.OPEN
+                events.append(CircuitOpened(cid, now - circuit.started))
+            elif unit.command is UnitCommand.RELAY and circuit.onion is not None:
+                try:
+                    cell = decode_relay_cell(circuit.onion.open_backward(unit.body))
+                except CellError as exc:
+                    del self._circuits[cid]
+                    reason = (
+                        DestroyReason.INTEGRITY
+                        if exc.reason == "bad_tag"
+                        else DestroyReason.PROTOCOL
+                    )
+                    events.append(CircuitClosed(cid, reason))
+                    replies.append(_destroy(cid, reason))
+                    continue
+                events.append(CellReceived(cid, cell))
+            elif unit.command is UnitCommand.DESTROY:
+                del self._circuits[cid]
+                try:
+                    reason = DestroyReason(unit.body[0])
+                except ValueError:
+                    reason = DestroyReason.PROTOCOL
+                if circuit.state is CircuitState.OPEN:
+                    events.append(CircuitClosed(cid, reason))
+                else:
+                    events.append(CircuitFailed(cid, f"destroyed:{reason.name.lower()}"))
+            else:
+                self.drops[f"unexpected_{unit.command.name.lower()}"] += 1
+        return events, replies
