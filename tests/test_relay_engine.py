@@ -44,7 +44,8 @@ class Net:
 
     def path(self) -> list[C.HopRoute]:
         return [
-            C.HopRoute(node_id=i, onion_public=k.public_bytes) for i, k in zip(self.ids, self.keys)
+            C.HopRoute(node_id=i, onion_public=k.public_bytes)
+            for i, k in zip(self.ids, self.keys, strict=True)
         ]
 
     def deliver(self, sender: int, link: int, unit: bytes) -> None:
