@@ -6,11 +6,11 @@ import os
 
 import pytest
 import trio
+from test_htx_transport import Node
 
 from qnet.constants import UNIT_LEN
 from qnet.htx import transport as T
 from qnet.node.links import CellLink, LinkManager
-from test_htx_transport import Node
 
 
 def test_units_flow_both_ways_on_one_reused_link() -> None:
