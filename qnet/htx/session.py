@@ -49,8 +49,6 @@ log = logging.getLogger("qnet.htx.session")
 
 #: Both sides start with this much credit per stream and for the connection.
 INITIAL_WINDOW: Final = 65_535
-#: A receiver returns credit once this much of a window has been consumed.
-UPDATE_THRESHOLD: Final = INITIAL_WINDOW // 2
 #: No window may grow past this (as in HTTP/2); more is a FlowControlError.
 MAX_WINDOW: Final = 2**31 - 1
 MAX_STREAM_ID: Final = 2**32 - 1
@@ -89,6 +87,10 @@ class HtxConfig:
     padding_gap: an idle padding frame once nothing was sent for ``uniform(lo, hi)``.
     padding_size: padding data length, ``randint(lo, hi)`` bytes.
     max_outstanding_pings: unanswered PINGs at once; ``send_ping`` skips beyond.
+    stream_window / connection_window: how much the peer may have in flight to us,
+        per stream and for the session. Both sides start at the spec's 65,535; a
+        larger target is granted at once with a WINDOW_UPDATE, and credit returns
+        once half the target is consumed. Bounds receive memory per stream and link.
     """
 
     max_streams: int = MAX_CONCURRENT_STREAMS
@@ -100,8 +102,13 @@ class HtxConfig:
     padding_gap: tuple[float, float] | None = (2.0, 12.0)
     padding_size: tuple[int, int] = (16, 1200)
     max_outstanding_pings: int = 4
+    stream_window: int = 1 << 20
+    connection_window: int = 4 << 20
 
     def __post_init__(self) -> None:
+        for name in ("stream_window", "connection_window"):
+            if not INITIAL_WINDOW <= getattr(self, name) <= MAX_WINDOW:
+                raise ValueError(f"{name} must be {INITIAL_WINDOW}..{MAX_WINDOW}")
         if not 1 <= self.max_streams <= MAX_CONCURRENT_STREAMS:
             raise ValueError(f"max_streams must be 1..{MAX_CONCURRENT_STREAMS}")
         if not 2 <= self.rekey_frames <= 2**16:
@@ -235,6 +242,7 @@ class HtxSession:
         self._ping_at = self._draw(self.config.ping_interval, now)
         self._padding_at = self._draw(self.config.padding_gap, now)
         self._sent_since_padding_armed = False
+        self._grant(0, self.config.connection_window)
 
     # --- state ------------------------------------------------------------------------------
 
@@ -302,9 +310,10 @@ class HtxSession:
         if sid > MAX_STREAM_ID:
             raise HtxUsageError("stream ids exhausted")
         self._next_local_id += 2
-        self._streams[sid] = _Stream(sid)
+        st = self._streams[sid] = _Stream(sid)
         self._local_open += 1
         self._send(StreamFrame(stream_id=sid, offset=0, data=b""))
+        self._grant_stream(st)
         return sid
 
     def send_stream_data(self, stream_id: int, data: bytes, fin: bool = False) -> None:
@@ -336,16 +345,30 @@ class HtxSession:
         if st is not None:
             st.unacked -= n
             st.consumed += n
-            if not st.fin_received and st.consumed >= UPDATE_THRESHOLD:
+            if not st.fin_received and st.consumed >= self.config.stream_window // 2:
                 self._send(WindowUpdateFrame(stream_id=stream_id, credit=st.consumed))
                 st.recv_window += st.consumed
                 st.consumed = 0
         self._conn_unacked -= n
         self._conn_consumed += n
-        if self._conn_consumed >= UPDATE_THRESHOLD:
+        if self._conn_consumed >= self.config.connection_window // 2:
             self._send(WindowUpdateFrame(stream_id=0, credit=self._conn_consumed))
             self._conn_recv_window += self._conn_consumed
             self._conn_consumed = 0
+
+    def _grant(self, stream_id: int, target: int) -> None:
+        """Raise a receive window from the spec's initial 65,535 to ``target``."""
+        extra = target - INITIAL_WINDOW
+        if extra <= 0:
+            return
+        self._send(WindowUpdateFrame(stream_id=stream_id, credit=extra))
+        if stream_id == 0:
+            self._conn_recv_window += extra
+        else:
+            self._streams[stream_id].recv_window += extra
+
+    def _grant_stream(self, st: _Stream) -> None:
+        self._grant(st.stream_id, self.config.stream_window)
 
     def send_ping(self, now: float) -> bytes | None:
         """Send a PING with a fresh random token and return it; ``None`` when
@@ -441,6 +464,7 @@ class HtxSession:
             st = self._streams[sid] = _Stream(sid)
             self._highest_peer_id = sid
             self._peer_open += 1
+            self._grant_stream(st)
             events.append(StreamOpened(stream_id=sid))
         if st.fin_received:
             raise StreamStateError("after_fin", f"STREAM after FIN on stream {sid}")
