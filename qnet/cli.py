@@ -3,8 +3,11 @@
     qnet version      print the version and which hot path is in use
     qnet selftest     run the spec vectors on every backend, then carry a message
                       through a 3-hop Sphinx path and a 3-hop cell onion, in process
+    qnet node --config node.toml
+                      run a node (roles, keys and ports from the config; see
+                      docs/node.example.toml); SIGINT/SIGTERM stop it gracefully
 
-Node roles, the SOCKS proxy and ``qnet testnet`` arrive with their issues.
+The SOCKS proxy and ``qnet testnet`` arrive with their issues.
 """
 
 from __future__ import annotations
@@ -92,9 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("version", help="print the version and hot path")
     sub.add_parser("selftest", help="run vectors and an in-process packet demo")
+    node = sub.add_parser("node", help="run a node (relay, exit, mix, authority)")
+    node.add_argument("--config", required=True, metavar="PATH", help="the node's TOML config")
     args = ap.parse_args(argv)
     if args.cmd == "version":
         return _version()
+    if args.cmd == "node":
+        from qnet.node.app import main as node_main
+
+        return node_main(args.config)
     return _selftest()
 
 
