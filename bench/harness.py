@@ -192,14 +192,29 @@ def rate_threads(steps: Sequence[Callable[[], int]], seconds: float) -> Sample:
     return Sample(sum(counts) / wall, (time.process_time() - cpu0) / wall)
 
 
-def run_rounds(rows: Sequence[Row], repeats: int, progress: bool) -> None:
-    """Sample every available row ``repeats`` times, rotating the order each round."""
+def run_rounds(
+    rows: Sequence[Row], repeats: int, progress: bool, *, drop_unavailable: bool = False
+) -> None:
+    """Sample every available row ``repeats`` times, rotating the order each round.
+
+    With ``drop_unavailable``, a sampler that raises ``Unavailable`` takes its row
+    out of the run (no sampler, the message as the reason, its samples discarded)
+    instead of ending it.
+    """
     live = [r for r in rows if r.sampler is not None]
     for rnd in range(repeats):
         shift = rnd % len(live) if live else 0
         for row in live[shift:] + live[:shift]:
-            assert row.sampler is not None
-            row.samples.append(row.sampler())
+            if row.sampler is None:
+                continue  # dropped earlier in this round
+            try:
+                row.samples.append(row.sampler())
+            except Unavailable as exc:
+                if not drop_unavailable:
+                    raise
+                row.sampler, row.reason = None, str(exc)
+                row.samples.clear()
+                print(f"warning: {row.name} dropped: {exc}", file=sys.stderr)
         if progress:
             print(f"  round {rnd + 1}/{repeats} done", file=sys.stderr)
 
@@ -254,6 +269,27 @@ def _openssl_version() -> str | None:
 
         return str(backend.openssl_version_text())
     except Exception:  # noqa: BLE001 - informational only
+        return None
+
+
+def rss_kib(pid: int) -> int | None:
+    """Resident set size of process ``pid`` in KiB (``VmRSS``), ``None`` if unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU seconds process ``pid`` has used so far (``/proc/<pid>/stat``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
         return None
 
 
