@@ -86,6 +86,8 @@ class ServerConfig:
     ticket_config: TicketConfig = field(default_factory=TicketConfig)
     session_config: HtxConfig | None = None
     handshake_timeout: float = 15.0
+    #: Told the error class name whenever a connection ends before a link (counters).
+    on_handshake_failure: Callable[[str], None] | None = None
 
 
 # --- the byte pipe: socket ⇄ TLS ⇄ HTTP tunnel -------------------------------------------
@@ -644,6 +646,8 @@ async def serve_tcp(
                 link = await _server_handshake(wire, config, verifier, peer_ip)
         except _CONNECTION_ERRORS as exc:
             log.debug("htx connection ended before a link: %r", exc)
+            if config.on_handshake_failure is not None:
+                config.on_handshake_failure(type(exc).__name__)
             await wire.aclose()
             return
         if link is None:

@@ -203,7 +203,9 @@ class Node:
 
     def server_config(self) -> ServerConfig:
         return self.keys.server_config(
-            self.site, handshake_timeout=self.config.htx.handshake_timeout
+            self.site,
+            handshake_timeout=self.config.htx.handshake_timeout,
+            on_handshake_failure=lambda _: self.metrics.htx_handshake_failures.inc(),
         )
 
     async def _on_link(self, link: HtxLink) -> None:

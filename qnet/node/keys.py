@@ -40,7 +40,7 @@ import contextlib
 import os
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -414,7 +414,11 @@ class KeyStore:
     # -- what the HTX layer needs --
 
     def server_config(
-        self, site: cover.CoverSite = cover.DEFAULT_SITE, *, handshake_timeout: float = 15.0
+        self,
+        site: cover.CoverSite = cover.DEFAULT_SITE,
+        *,
+        handshake_timeout: float = 15.0,
+        on_handshake_failure: Callable[[str], None] | None = None,
     ) -> ServerConfig:
         """The ``ServerConfig`` for ``serve_tcp``/``serve_quic`` with this node's keys."""
         return ServerConfig(
@@ -425,6 +429,7 @@ class KeyStore:
             certificate_key=self.tls_key,
             site=site,
             handshake_timeout=handshake_timeout,
+            on_handshake_failure=on_handshake_failure,
         )
 
     def peer_info(self, host: str, port: int, server_name: str) -> PeerInfo:
