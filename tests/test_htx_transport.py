@@ -298,6 +298,33 @@ def test_one_bad_connection_does_not_disturb_others() -> None:
     assert failures == ["TlsError"]
 
 
+async def _sink(link: T.HtxLink) -> None:
+    """Hash everything on the first stream; answer digest ‖ length, then FIN."""
+    stream = await link.accept_stream()
+    digest, total = hashlib.sha256(), 0
+    while data := await stream.receive_some():
+        digest.update(data)
+        total += len(data)
+    await stream.send_all(digest.digest() + total.to_bytes(8, "big"))
+    await stream.send_eof()
+
+
+async def _send_and_check(link: T.HtxLink, total: int, during: Callable[[int], None]) -> None:
+    stream = await link.open_stream()
+    chunk = hashlib.sha256(b"chunk").digest() * 2048  # 64 KiB
+    digest, sent = hashlib.sha256(), 0
+    while sent < total:
+        await stream.send_all(chunk)
+        digest.update(chunk)
+        sent += len(chunk)
+        during(sent)
+    await stream.send_eof()
+    answer = bytearray()
+    while data := await stream.receive_some():
+        answer += data
+    assert bytes(answer) == digest.digest() + total.to_bytes(8, "big")
+
+
 def test_one_gibibyte_through_one_stream() -> None:
     async def main() -> None:
         node = Node()
