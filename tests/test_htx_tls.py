@@ -423,7 +423,8 @@ def test_chrome_like_hello_shape() -> None:
     types = [t for t, _ in h["extensions"]]
     assert types[0] in GREASE_VALUES and types[-1] in GREASE_VALUES and types[0] != types[-1]
     real = [t for t in types if t not in GREASE_VALUES]
-    assert len(real) == 16 and 0x39 not in types and 0xFFA5 not in types  # no QUIC params
+    # Chromium 156's captured hello: 17 extensions (trust anchors 0xCA34 included)
+    assert len(real) == 17 and 0x39 not in types and 0xFFA5 not in types  # no QUIC params
     body = dict(h["extensions"])
     assert body[0] == b"\x00\x10\x00\x00\x0d" + HOST.encode()
     assert body[16] == b"\x00\x0c\x02h2\x08http/1.1"

@@ -53,3 +53,12 @@ class HandshakeError(DecodeError):
 
 class HtxTimeout(QNetError):
     """A handshake or a read did not finish in time."""
+
+
+class TemplateError(DecodeError):
+    """A hello template file was refused. ``field`` (also ``reason``) names the
+    offending field, as a path such as ``tls.cipher_suites[3]``."""
+
+    def __init__(self, field: str, detail: str = "") -> None:
+        self.field = field
+        super().__init__(field, detail)

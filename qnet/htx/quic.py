@@ -42,6 +42,7 @@ from aioquic.quic.packet import (
 
 from qnet.crypto.primitives import random_bytes
 from qnet.htx import cover
+from qnet.htx import quic_initial as qi
 from qnet.htx.errors import HandshakeError, HtxTimeout, TicketError, TlsError
 from qnet.htx.inner import EXPORTER_LABEL
 from qnet.htx.session import HtxConfig
@@ -54,12 +55,15 @@ from qnet.htx.ticket import (
     put_ticket,
 )
 from qnet.htx.tls import (
+    CHROME_QUIC_LAYOUT,
     CHROME_QUIC_TEMPLATE,
+    QuicLayout,
     TlsClientConfig,
     TlsServerConfig,
     TlsStateError,
     quic_engine,
     quic_exporter,
+    quic_transport_parameters,
 )
 from qnet.htx.transport import (
     HtxLink,
@@ -83,15 +87,26 @@ TUNNEL_SEND_LIMIT: Final = 512 * 1024
 MAX_SERVER_CONNECTIONS: Final = 4096
 #: Shortest datagram that may open a connection (RFC 9000 §14.1).
 MIN_INITIAL_DATAGRAM: Final = 1200
+EXT_QUIC_TRANSPORT_PARAMETERS: Final = 0x39
 
 
 class _Quic(QuicConnection):
-    """``QuicConnection`` whose TLS context is our engine.
+    """``QuicConnection`` whose TLS context is our engine, and (client, with a
+    ``layout``) whose Initial packets follow a browser template.
 
-    aioquic 1.7.2 internal: ``_initialize`` builds ``self.tls`` (a stock
-    ``aioquic.tls.Context``) with the transport parameters and callbacks; we
-    swap in ``quic_engine``, which keeps them. It runs once per connection
-    (``connect`` on a client, the first Initial packet on a server).
+    aioquic 1.7.2 internals, all here:
+
+    * ``_initialize`` builds ``self.tls`` (a stock ``aioquic.tls.Context``) with
+      the transport parameters and callbacks; we swap in ``quic_engine``, which
+      keeps them, and with a layout replace the transport parameters by the
+      template's (``handshake_extensions``). It runs once per connection
+      (``connect`` on a client, the first Initial packet on a server).
+    * With a layout: ``_peer_cid.cid`` and ``_original_destination_connection_id``
+      get a DCID of the template's length (aioquic sizes it like our own id);
+      ``_packet_number`` starts at the template's first packet number;
+      ``_replenish_connection_ids`` issues nothing when our id is empty (RFC 9000
+      §5.1.1: a zero-length id cannot be changed); ``datagrams_to_send`` passes
+      every Initial-only datagram through ``_reshape`` (``quic_initial.relayout``).
     """
 
     def __init__(
@@ -100,16 +115,101 @@ class _Quic(QuicConnection):
         tls_config: TlsClientConfig | TlsServerConfig,
         configuration: QuicConfiguration,
         original_destination_connection_id: bytes | None = None,
+        layout: QuicLayout | None = None,
     ) -> None:
         self._qnet_tls_config = tls_config
+        self._qnet_layout = layout if configuration.is_client else None
+        self._qnet_initials = 0
         super().__init__(
             configuration=configuration,
             original_destination_connection_id=original_destination_connection_id,
         )
+        if self._qnet_layout is not None:
+            dcid = random_bytes(self._qnet_layout.dcid_length)
+            self._peer_cid.cid = dcid
+            self._original_destination_connection_id = dcid
+            self._packet_number = self._qnet_layout.first_packet_number
+        self._qnet_odcid = self._original_destination_connection_id
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
         self.tls = quic_engine(self._qnet_tls_config, self.tls)
+        if self._qnet_layout is not None:
+            body = quic_transport_parameters(self._qnet_layout, self.host_cid)
+            self.tls.handshake_extensions = [(EXT_QUIC_TRANSPORT_PARAMETERS, body)]
+
+    def _replenish_connection_ids(self) -> None:
+        if self._qnet_layout is not None and not self.host_cid:
+            return
+        super()._replenish_connection_ids()
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        out = super().datagrams_to_send(now)
+        if self._qnet_layout is None:
+            return out
+        return [(self._reshape(data), addr) for data, addr in out]
+
+    def _reshape(self, datagram: bytes) -> bytes:
+        """One client Initial packet carrying CRYPTO, re-laid out per the template
+        (same packet number, same CRYPTO bytes); anything else passes unchanged."""
+        layout = self._qnet_layout
+        assert layout is not None and self._qnet_odcid is not None
+        if not datagram or datagram[0] & 0xF0 != 0xC0:
+            return datagram
+        try:
+            packets = qi.open_initial_datagram(datagram, dcid=self._qnet_odcid)
+        except qi.QuicInitialError:
+            return datagram
+        if len(packets) != 1 or any(datagram[packets[0].size :]):
+            return datagram
+        packet = packets[0]
+        crypto = [f for f in packet.frames if f.kind == "crypto"]
+        if not crypto or any(f.kind not in ("crypto", "padding", "ping") for f in packet.frames):
+            return datagram
+        shape = layout.packets[min(self._qnet_initials, len(layout.packets) - 1)]
+        self._qnet_initials += 1
+
+        def pick(values: tuple[int, ...]) -> int:
+            return values[int.from_bytes(random_bytes(2), "big") % len(values)]
+
+        pn_len = pick(shape.pn_length)
+        room = (
+            layout.datagram_size
+            - qi.header_size(packet.dcid, packet.scid, packet.token, pn_len)
+            - 16
+        )
+        fragments, pings, runs = (
+            pick(shape.crypto_frames),
+            pick(shape.pings),
+            pick(shape.padding_runs),
+        )
+        while True:
+            try:
+                frames = qi.relayout(
+                    crypto,
+                    room=room,
+                    fragments=fragments,
+                    pings=pings,
+                    padding_runs=runs,
+                    rng=random_bytes,
+                )
+                break
+            except ValueError:
+                if fragments > len(crypto):
+                    fragments -= 1
+                elif pings > 0:
+                    pings -= 1
+                else:
+                    return datagram  # cannot fit: send aioquic's packet as built
+        return qi.protect_initial(
+            keys=qi.initial_keys(self._qnet_odcid),
+            dcid=packet.dcid,
+            scid=packet.scid,
+            token=packet.token,
+            packet_number=packet.packet_number,
+            pn_length=pn_len,
+            payload=qi.encode_frames(frames),
+        )
 
     def exporter(self) -> bytes:
         """The inner handshake's prologue: TLS exporter of this QUIC connection's TLS."""
@@ -370,6 +470,44 @@ async def _read_datagrams(udp: _Udp, conn: _Connection) -> None:
         conn.datagram(data, addr)
 
 
+def _tp_int(layout: QuicLayout, pid: int) -> int | None:
+    body = layout.parameter(pid)
+    if not body:
+        return None
+    try:
+        return qi.pull_varint(body, 0)[0]
+    except qi.QuicInitialError:
+        return None
+
+
+def _client_configuration(server_name: str, layout: QuicLayout | None) -> QuicConfiguration:
+    """aioquic's client settings; with a layout, the limits it enforces are the ones
+    the template's transport parameters announce (else aioquic would refuse data
+    the server may send), our connection id has the template's length, and
+    aioquic builds 1,200-byte Initials that ``_Quic._reshape`` grows to the
+    template's datagram size (the room takes the CRYPTO fragment headers)."""
+    config = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=[ALPN],
+        server_name=server_name,
+        verify_mode=ssl.CERT_NONE,  # our engine checks the certificate per ``config.verify``
+    )
+    if layout is None:
+        return config
+    config.connection_id_length = layout.scid_length
+    config.max_datagram_size = MIN_INITIAL_DATAGRAM
+    max_data = _tp_int(layout, 0x04)
+    stream_data = _tp_int(layout, 0x05)
+    idle_ms = _tp_int(layout, 0x01)
+    if max_data:
+        config.max_data = max_data
+    if stream_data:
+        config.max_stream_data = stream_data
+    if idle_ms:
+        config.idle_timeout = idle_ms / 1000
+    return config
+
+
 @asynccontextmanager
 async def dial_quic(
     peer: PeerInfo,
@@ -379,29 +517,29 @@ async def dial_quic(
     session_config: HtxConfig | None = None,
     carriers: Carriers = DEFAULT_CARRIERS,
     timeout: float = 15.0,
+    quic_layout: QuicLayout | None = CHROME_QUIC_LAYOUT,
 ) -> AsyncIterator[HtxLink]:
     """Open an HTX link to ``peer`` over QUIC (HTTP/3). Same contract as ``dial_tcp``:
     raises ``HtxTimeout``, ``TicketError`` (the node answered as a web site),
     ``TlsError`` (QUIC/TLS failed), ``HandshakeError`` or ``OSError``.
 
     ``tls_config`` must use a QUIC template (the default is ``CHROME_QUIC_TEMPLATE``).
+    ``quic_layout`` shapes the Initial packets and transport parameters like the
+    browser's (spec/fingerprint.md §5); ``None`` leaves them to aioquic.
     """
     config = tls_config or TlsClientConfig(
         server_name=peer.server_name, template=CHROME_QUIC_TEMPLATE, alpn=(ALPN,)
     )
     if not config.template.quic:
         raise ValueError("tls_config: a QUIC connection needs a QUIC template")
-    quic_config = QuicConfiguration(
-        is_client=True,
-        alpn_protocols=[ALPN],
-        server_name=peer.server_name,
-        verify_mode=ssl.CERT_NONE,  # our engine checks the certificate per ``config.verify``
-    )
+    quic_config = _client_configuration(peer.server_name, quic_layout)
     family, addr = await _resolve(peer.host, peer.port)
     udp = _Udp(family)
     try:
         await udp.trio.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-        conn = _ClientConnection(_Quic(tls_config=config, configuration=quic_config), udp.send)
+        conn = _ClientConnection(
+            _Quic(tls_config=config, configuration=quic_config, layout=quic_layout), udp.send
+        )
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_datagrams, udp, conn)
@@ -565,6 +703,8 @@ class _ServerConnection(_Connection):
                 link = await run_inner_server(self, config, self.quic.exporter())
         except (trio.TooSlowError, HandshakeError, TlsStateError, trio.BrokenResourceError) as exc:
             log.debug("htx connection over quic ended before a link: %r", exc)
+            if config.on_handshake_failure is not None:
+                config.on_handshake_failure(type(exc).__name__)
             await self.aclose()
             return
         try:

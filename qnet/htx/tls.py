@@ -33,11 +33,13 @@ import datetime
 import enum
 import hashlib
 import ipaddress
+import os
 import secrets
 import ssl
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 from aioquic import tls as _aq
@@ -52,11 +54,21 @@ from cryptography.x509.oid import NameOID
 
 from qnet.crypto import primitives as prim
 from qnet.errors import CryptoError, QNetError
-from qnet.htx.errors import HtxTimeout, TlsError
+from qnet.htx.errors import HtxTimeout, TemplateError, TlsError
 
 __all__ = [
+    "CHROME_QUIC_LAYOUT",
     "CHROME_QUIC_TEMPLATE",
     "CHROME_TEMPLATE",
+    "CHROME_WS_TEMPLATE",
+    "BrowserTemplate",
+    "QuicLayout",
+    "TemplateError",
+    "default_template",
+    "generate_hellos",
+    "load_template",
+    "parse_template",
+    "quic_transport_parameters",
     "GREASE_SLOT",
     "AlertReceived",
     "ApplicationData",
@@ -422,13 +434,14 @@ def _vec24(body: bytes) -> bytes:
 
 def _grease_draw(rng: Callable[[int], bytes]) -> dict[str, int]:
     """Independent GREASE values per role; the two GREASE extensions always differ."""
-    pick = rng(5)
+    pick = rng(6)
     vals = {
         "cipher": GREASE_VALUES[pick[0] & 15],
         "group": GREASE_VALUES[pick[1] & 15],
         "version": GREASE_VALUES[pick[2] & 15],
         "ext1": GREASE_VALUES[pick[3] & 15],
         "ext2": GREASE_VALUES[pick[4] & 15],
+        "sigalg": GREASE_VALUES[pick[5] & 15],
     }
     if vals["ext2"] == vals["ext1"]:
         vals["ext2"] ^= 0x1010
@@ -495,7 +508,7 @@ def write_client_hello(
         if ext == EXT_EC_POINT_FORMATS:
             return _vec8(bytes(template.ec_point_formats))
         if ext == EXT_SIGNATURE_ALGORITHMS:
-            return _vec16(b"".join(_u16(x) for x in template.signature_algorithms))
+            return _vec16(b"".join(_u16(slot(x, "sigalg")) for x in template.signature_algorithms))
         if ext == EXT_ALPN:
             if not alpn_list:
                 return None
@@ -572,93 +585,453 @@ def write_client_hello(
     return assemble(encoded)
 
 
-# A Chrome-like TCP template (Chrome 131+ on desktop, h2). Issue 7 replaces this
-# with templates captured from a real browser; until then it follows the
-# published shape: 15 suites + GREASE, 16 extensions + 2 GREASE, permuted.
-CHROME_TEMPLATE: Final = HelloTemplate(
-    name="chrome-like-tcp-h2",
-    cipher_suites=(
-        GREASE_SLOT,
-        0x1301,
-        0x1302,
-        0x1303,
-        0xC02B,
-        0xC02F,
-        0xC02C,
-        0xC030,
-        0xCCA9,
-        0xCCA8,
-        0xC013,
-        0xC014,
-        0x009C,
-        0x009D,
-        0x002F,
-        0x0035,
-    ),
-    extensions=(
-        GREASE_SLOT,
-        EXT_SERVER_NAME,
-        EXT_EXTENDED_MASTER_SECRET,
-        EXT_RENEGOTIATION_INFO,
-        EXT_SUPPORTED_GROUPS,
-        EXT_EC_POINT_FORMATS,
-        EXT_SESSION_TICKET,
-        EXT_ALPN,
-        EXT_STATUS_REQUEST,
-        EXT_SIGNATURE_ALGORITHMS,
-        EXT_SCT,
-        EXT_KEY_SHARE,
-        EXT_PSK_KEY_EXCHANGE_MODES,
-        EXT_SUPPORTED_VERSIONS,
-        EXT_COMPRESS_CERTIFICATE,
-        EXT_ALPS,
-        EXT_ECH,
-        GREASE_SLOT,
-    ),
-    shuffle_extensions=True,
-    supported_groups=(GREASE_SLOT, Group.X25519MLKEM768, Group.X25519, 0x0017, 0x0018),
-    key_share_groups=(GREASE_SLOT, Group.X25519MLKEM768, Group.X25519),
-    signature_algorithms=(0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601),
-    opaque_extensions={
-        EXT_EXTENDED_MASTER_SECRET: b"",
-        EXT_RENEGOTIATION_INFO: b"\x00",
-        EXT_SESSION_TICKET: b"",
-        EXT_STATUS_REQUEST: b"\x01\x00\x00\x00\x00",
-        EXT_SCT: b"",
-    },
-)
+# --- template files (spec/fingerprint.md §2) ------------------------------------------
+
+TEMPLATE_FORMAT: Final = "qnet-hello-template/1"
+_GREASE_WORD: Final = "GREASE"
+# Extension rules of a template file and the codepoints they may name.
+_RULES: Final[dict[str, frozenset[int]]] = {
+    "server_name": frozenset({EXT_SERVER_NAME}),
+    "supported_groups": frozenset({EXT_SUPPORTED_GROUPS}),
+    "ec_point_formats": frozenset({EXT_EC_POINT_FORMATS}),
+    "signature_algorithms": frozenset({EXT_SIGNATURE_ALGORITHMS}),
+    "alpn": frozenset({EXT_ALPN}),
+    "padding": frozenset({EXT_PADDING}),
+    "compress_certificate": frozenset({EXT_COMPRESS_CERTIFICATE}),
+    "supported_versions": frozenset({EXT_SUPPORTED_VERSIONS}),
+    "psk_key_exchange_modes": frozenset({EXT_PSK_KEY_EXCHANGE_MODES}),
+    "key_share": frozenset({EXT_KEY_SHARE}),
+    "quic_transport_parameters": frozenset({EXT_QUIC_TRANSPORT_PARAMETERS}),
+    "application_settings": frozenset({EXT_ALPS}),
+    "application_settings_old": frozenset({EXT_ALPS_OLD}),
+    "encrypted_client_hello_grease": frozenset({EXT_ECH}),
+}
+_SHARE_LENGTHS: Final[dict[int, int]] = {
+    Group.X25519: prim.X25519_LEN,
+    Group.X25519MLKEM768: HYBRID_CLIENT_SHARE_LEN,
+}
+TP_INITIAL_SOURCE_CONNECTION_ID: Final = 0x0F
+TP_VERSION_INFORMATION: Final = 0x11
 
 
-# A Chrome-like QUIC template (h3). Stand-in until issue 7 captures Chrome's QUIC
-# hello: TLS 1.3 suites only, no session id, quic_transport_parameters, ALPS h3,
-# the same hybrid key share as over TCP, permuted extensions.
-CHROME_QUIC_TEMPLATE: Final = HelloTemplate(
-    name="chrome-like-quic-h3",
-    session_id_len=0,
-    cipher_suites=(0x1301, 0x1302, 0x1303),
-    extensions=(
-        EXT_SERVER_NAME,
-        EXT_SUPPORTED_GROUPS,
-        EXT_ALPN,
-        EXT_SIGNATURE_ALGORITHMS,
-        EXT_KEY_SHARE,
-        EXT_PSK_KEY_EXCHANGE_MODES,
-        EXT_SUPPORTED_VERSIONS,
-        EXT_COMPRESS_CERTIFICATE,
-        EXT_QUIC_TRANSPORT_PARAMETERS,
-        EXT_ALPS,
-        EXT_ECH,
-    ),
-    shuffle_extensions=True,
-    supported_groups=(Group.X25519MLKEM768, Group.X25519, 0x0017, 0x0018),
-    key_share_groups=(Group.X25519MLKEM768, Group.X25519),
-    signature_algorithms=(0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601),
-    supported_versions=(TLS13,),
-    alpn=("h3",),
-    alps_protocols=("h3",),
-    quic=True,
-)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuicPacketLayout:
+    """What one Initial packet of the browser's first flight held (sets seen)."""
 
+    crypto_frames: tuple[int, ...]
+    pings: tuple[int, ...]
+    padding_runs: tuple[int, ...]
+    pn_length: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportParameter:
+    """One entry of the browser's quic_transport_parameters, in its order.
+
+    ``pid`` is None for a GREASE parameter (reserved id 31*N+27, fresh per
+    connection, body of one of ``grease_lengths``); ``rule`` is
+    ``initial_source_connection_id`` or ``version_information`` when the body is
+    built per connection, else ``body`` is sent as is."""
+
+    pid: int | None
+    body: bytes = b""
+    rule: str | None = None
+    grease_lengths: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuicLayout:
+    """The browser's QUIC Initial layout (spec/fingerprint.md §5)."""
+
+    dcid_length: int
+    scid_length: int
+    token_length: int
+    first_packet_number: int
+    datagram_size: int
+    packets: tuple[QuicPacketLayout, ...]
+    transport_parameters: tuple[TransportParameter, ...]
+    shuffle_transport_parameters: bool
+
+    def parameter(self, pid: int) -> bytes | None:
+        for p in self.transport_parameters:
+            if p.pid == pid and p.rule is None:
+                return p.body
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrowserTemplate:
+    """A template file: the hello template plus what was captured with it."""
+
+    name: str
+    browser: str
+    version: str
+    transport: str
+    hello: HelloTemplate
+    server_name: str
+    captured_hellos: tuple[bytes, ...]
+    captured_ja4: tuple[str, ...]
+    hello_record_lengths: tuple[int, ...] = ()
+    first_flights: tuple[tuple[tuple[int, int], ...], ...] = ()
+    quic: QuicLayout | None = None
+
+
+class _Fields:
+    """Typed access to a JSON object; every failure names the field path."""
+
+    def __init__(self, obj: object, path: str) -> None:
+        if not isinstance(obj, dict):
+            raise TemplateError(path or "(top)", "must be an object")
+        self.obj: dict[str, object] = obj
+        self.path = path
+
+    def _p(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, default: object = ...) -> object:
+        if key not in self.obj:
+            if default is ...:
+                raise TemplateError(self._p(key), "missing")
+            return default
+        return self.obj[key]
+
+    def sub(self, key: str) -> _Fields:
+        return _Fields(self.get(key), self._p(key))
+
+    def str_(self, key: str, default: object = ...) -> str:
+        v = self.get(key, default)
+        if not isinstance(v, str):
+            raise TemplateError(self._p(key), "must be a string")
+        return v
+
+    def int_(self, key: str, lo: int, hi: int, default: object = ...) -> int:
+        v = self.get(key, default)
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise TemplateError(self._p(key), f"must be an integer in {lo}..{hi}")
+        return v
+
+    def bool_(self, key: str, default: object = ...) -> bool:
+        v = self.get(key, default)
+        if not isinstance(v, bool):
+            raise TemplateError(self._p(key), "must be true or false")
+        return v
+
+    def list_(self, key: str, default: object = ...) -> list[object]:
+        v = self.get(key, default)
+        if not isinstance(v, list):
+            raise TemplateError(self._p(key), "must be a list")
+        return v
+
+    def u16s(
+        self, key: str, *, grease: bool, default: object = ..., hi: int = 0xFFFF
+    ) -> tuple[int, ...]:
+        out = []
+        for i, v in enumerate(self.list_(key, default)):
+            if grease and v == _GREASE_WORD:
+                out.append(GREASE_SLOT)
+            elif isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= hi:
+                if grease and v in GREASE_VALUES:
+                    raise TemplateError(f"{self._p(key)}[{i}]", 'write GREASE slots as "GREASE"')
+                out.append(v)
+            else:
+                raise TemplateError(f"{self._p(key)}[{i}]", f"must be an integer 0..{hi}")
+        return tuple(out)
+
+    def strs(self, key: str, default: object = ...) -> tuple[str, ...]:
+        out = []
+        for i, v in enumerate(self.list_(key, default)):
+            if not isinstance(v, str) or not v or len(v) > 255:
+                raise TemplateError(f"{self._p(key)}[{i}]", "must be a non-empty string")
+            out.append(v)
+        return tuple(out)
+
+    def hex_(self, key: str, default: object = ...) -> bytes:
+        v = self.str_(key, default)
+        try:
+            return bytes.fromhex(v)
+        except ValueError:
+            raise TemplateError(self._p(key), "must be hex") from None
+
+
+def _parse_tls(t: _Fields, name: str, transport: str) -> HelloTemplate:
+    quic = transport.startswith("quic")
+    exts: list[int] = []
+    opaque_src = t.sub("opaque_extensions")
+    opaque: dict[int, bytes] = {}
+    for i, raw in enumerate(t.list_("extensions")):
+        e = _Fields(raw, f"{t.path}.extensions[{i}]")
+        rule = e.str_("rule")
+        if rule == "grease":
+            if e.get("type") != _GREASE_WORD:
+                raise TemplateError(f"{e.path}.type", 'a grease rule needs type "GREASE"')
+            exts.append(GREASE_SLOT)
+            continue
+        etype = e.int_("type", 0, 0xFFFF)
+        if etype in GREASE_VALUES:
+            raise TemplateError(f"{e.path}.type", 'write GREASE extensions as "GREASE"')
+        if rule == "opaque":
+            opaque[etype] = opaque_src.hex_(str(etype))
+        elif rule not in _RULES:
+            raise TemplateError(f"{e.path}.rule", f"unknown rule {rule!r}")
+        elif etype not in _RULES[rule]:
+            raise TemplateError(f"{e.path}.rule", f"rule {rule!r} does not build type {etype}")
+        exts.append(etype)
+    shares = t.u16s("key_share_groups", grease=True)
+    lengths = t.sub("key_share_lengths")
+    for g in shares:
+        want = 1 if g == GREASE_SLOT else _SHARE_LENGTHS.get(g)
+        key = _GREASE_WORD if g == GREASE_SLOT else str(g)
+        if want is not None and lengths.int_(key, 0, 0xFFFF) != want:
+            raise TemplateError(f"{lengths.path}.{key}", f"we can only make {want}-byte shares")
+    bodies = tuple(
+        bytes.fromhex(b) if isinstance(b, str) else b""
+        for b in t.list_("grease_extension_bodies", [])
+    )
+    kwargs: dict[str, object] = {}
+    if EXT_ECH in exts:
+        ech = t.sub("ech")
+        if ech.int_("enc_length", 0, 0xFFFF) != 32:
+            raise TemplateError(f"{ech.path}.enc_length", "only X25519 (32-byte enc) is supported")
+        kwargs["ech_suite"] = (ech.int_("kdf", 0, 0xFFFF), ech.int_("aead", 0, 0xFFFF))
+        kwargs["ech_payload_lengths"] = ech.u16s("payload_lengths", grease=False)
+    try:
+        return HelloTemplate(
+            name=name,
+            record_version=t.int_("record_version", 0x0300, 0x03FF, 0x0301),
+            session_id_len=t.int_("session_id_len", 0, 32),
+            cipher_suites=t.u16s("cipher_suites", grease=True),
+            extensions=tuple(exts),
+            shuffle_extensions=t.bool_("shuffle_extensions"),
+            supported_groups=t.u16s("supported_groups", grease=True),
+            key_share_groups=shares,
+            signature_algorithms=t.u16s("signature_algorithms", grease=True),
+            supported_versions=t.u16s("supported_versions", grease=True),
+            psk_modes=t.u16s("psk_modes", grease=False, hi=255),
+            alpn=t.strs("alpn"),
+            alps_protocols=t.strs("alps_protocols", []),
+            compress_certificate=t.u16s("compress_certificate", grease=False),
+            ec_point_formats=t.u16s("ec_point_formats", grease=False, hi=255),
+            grease_extension_bodies=(
+                bodies[0] if bodies else b"",
+                bodies[-1] if len(bodies) > 1 else b"\x00",
+            ),
+            opaque_extensions=opaque,
+            quic=quic,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    except TemplateError:
+        raise
+    except ValueError as exc:
+        # HelloTemplate's own checks say "HelloTemplate 'x': field: why".
+        text = str(exc)
+        field_name = text.split(": ")[1] if text.count(": ") >= 2 else "tls"
+        raise TemplateError(f"{t.path}.{field_name}", text) from None
+
+
+def _parse_quic(q: _Fields) -> QuicLayout:
+    packets = []
+    for i, raw in enumerate(q.list_("packets")):
+        p = _Fields(raw, f"{q.path}.packets[{i}]")
+        packets.append(
+            QuicPacketLayout(
+                crypto_frames=p.u16s("crypto_frames", grease=False, hi=64),
+                pings=p.u16s("pings", grease=False, hi=64),
+                padding_runs=p.u16s("padding_runs", grease=False, hi=64),
+                pn_length=p.u16s("pn_length", grease=False, hi=4),
+            )
+        )
+        for key in ("crypto_frames", "pings", "padding_runs", "pn_length"):
+            if not getattr(packets[-1], key):
+                raise TemplateError(f"{p.path}.{key}", "needs at least one value")
+        if 0 in packets[-1].pn_length:
+            raise TemplateError(f"{p.path}.pn_length", "must be 1..4")
+    if not packets:
+        raise TemplateError(f"{q.path}.packets", "needs at least one packet")
+    params = []
+    for i, raw in enumerate(q.list_("transport_parameters")):
+        p = _Fields(raw, f"{q.path}.transport_parameters[{i}]")
+        if p.get("id") == _GREASE_WORD:
+            lengths = p.u16s("lengths", grease=False, default=[0], hi=64)
+            params.append(TransportParameter(pid=None, grease_lengths=lengths or (0,)))
+            continue
+        pid = p.int_("id", 0, 2**62 - 1)
+        rule = p.get("rule", None)
+        if rule is not None and rule not in ("initial_source_connection_id", "version_information"):
+            raise TemplateError(f"{p.path}.rule", f"unknown rule {rule!r}")
+        body = p.hex_("body", "") if rule != "initial_source_connection_id" else b""
+        params.append(
+            TransportParameter(pid=pid, body=body, rule=rule if isinstance(rule, str) else None)
+        )
+    if not any(p.rule == "initial_source_connection_id" for p in params):
+        raise TemplateError(f"{q.path}.transport_parameters", "needs initial_source_connection_id")
+    return QuicLayout(
+        dcid_length=q.int_("dcid_length", 8, 20),
+        scid_length=q.int_("scid_length", 0, 20),
+        token_length=q.int_("token_length", 0, 0),
+        first_packet_number=q.int_("first_packet_number", 0, 2**16),
+        datagram_size=q.int_("datagram_size", 1200, 1452),
+        packets=tuple(packets),
+        transport_parameters=tuple(params),
+        shuffle_transport_parameters=q.bool_("shuffle_transport_parameters"),
+    )
+
+
+def parse_template(data: bytes | str) -> BrowserTemplate:
+    """A template file's contents → ``BrowserTemplate``; ``TemplateError`` names the field."""
+    import json
+
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TemplateError("(file)", f"not JSON (truncated?): {exc}") from None
+    top = _Fields(obj, "")
+    if top.str_("format") != TEMPLATE_FORMAT:
+        raise TemplateError("format", f"expected {TEMPLATE_FORMAT!r}")
+    browser, version = top.str_("browser"), top.str_("version")
+    transport = top.str_("transport")
+    if transport not in ("tcp-h2", "tcp-ws", "quic-h3"):
+        raise TemplateError("transport", "must be tcp-h2, tcp-ws or quic-h3")
+    name = f"{browser}-{version.split('.')[0]}-{transport}"
+    hello = _parse_tls(top.sub("tls"), name, transport)
+    cap = top.sub("captured")
+    hellos = []
+    for i, h in enumerate(cap.list_("hellos")):
+        if not isinstance(h, str):
+            raise TemplateError(f"captured.hellos[{i}]", "must be hex")
+        try:
+            hellos.append(bytes.fromhex(h))
+        except ValueError:
+            raise TemplateError(f"captured.hellos[{i}]", "must be hex") from None
+    quic = _parse_quic(top.sub("quic")) if hello.quic else None
+    record_lengths: tuple[int, ...] = ()
+    flights: list[tuple[tuple[int, int], ...]] = []
+    if not hello.quic:
+        rec = top.sub("records")
+        record_lengths = rec.u16s("hello_record_lengths", grease=False)
+        for i, fl in enumerate(rec.list_("first_flight", [])):
+            if not isinstance(fl, list) or not all(
+                isinstance(x, list) and len(x) == 2 and all(isinstance(y, int) for y in x)
+                for x in fl
+            ):
+                raise TemplateError(f"records.first_flight[{i}]", "must be [[type, length], ...]")
+            flights.append(tuple((int(x[0]), int(x[1])) for x in fl))
+    return BrowserTemplate(
+        name=name,
+        browser=browser,
+        version=version,
+        transport=transport,
+        hello=hello,
+        server_name=cap.str_("server_name"),
+        captured_hellos=tuple(hellos),
+        captured_ja4=cap.strs("ja4"),
+        hello_record_lengths=record_lengths,
+        first_flights=tuple(flights),
+        quic=quic,
+    )
+
+
+def load_template(path: str | os.PathLike[str]) -> BrowserTemplate:
+    """Read a template file (spec/templates/*.json); ``TemplateError`` names a bad field."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise TemplateError("(file)", f"cannot read {path}: {exc}") from None
+    return parse_template(data)
+
+
+_TEMPLATE_DIR: Final = Path(__file__).resolve().parent / "templates"
+
+
+def default_template(transport: str) -> BrowserTemplate:
+    """The newest packaged Chromium template for ``tcp-h2``, ``tcp-ws`` or ``quic-h3``."""
+    found = sorted(
+        _TEMPLATE_DIR.glob(f"chromium-*-{transport}.json"),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    if not found:
+        raise TemplateError("(file)", f"no packaged template for {transport} in {_TEMPLATE_DIR}")
+    return load_template(found[-1])
+
+
+def generate_hellos(
+    template: BrowserTemplate, count: int, *, server_name: str | None = None
+) -> list[bytes]:
+    """``count`` hellos from ``template`` with fresh keys and randomness (tests, self-test)."""
+    out = []
+    for _ in range(count):
+        shares: dict[int, bytes] = {}
+        for grp in template.hello.key_share_groups:
+            if grp == Group.X25519:
+                shares[grp] = prim.X25519Key.generate().public_bytes
+            elif grp == Group.X25519MLKEM768:
+                shares[grp] = (
+                    prim.MLKEM768Key.generate().public_bytes
+                    + prim.X25519Key.generate().public_bytes
+                )
+        tp = None
+        if template.quic is not None:
+            tp = quic_transport_parameters(template.quic, b"")
+        out.append(
+            write_client_hello(
+                template.hello,
+                server_name=server_name or template.server_name,
+                key_shares=shares,
+                quic_transport_parameters=tp,
+            )
+        )
+    return out
+
+
+def _varint(value: int) -> bytes:
+    for size, mark in ((1, 0), (2, 0x40), (4, 0x80), (8, 0xC0)):
+        if value < 1 << (8 * size - 2):
+            return (value | (mark << (8 * size - 8))).to_bytes(size, "big")
+    raise ValueError("varint out of range")
+
+
+def quic_transport_parameters(
+    layout: QuicLayout, scid: bytes, rng: Callable[[int], bytes] = secrets.token_bytes
+) -> bytes:
+    """The body of quic_transport_parameters in the browser's shape: its ids, values
+    and order (shuffled per connection when the browser does), a fresh GREASE
+    parameter, our ``scid`` as initial_source_connection_id."""
+    items: list[tuple[int, bytes]] = []
+    for p in layout.transport_parameters:
+        if p.pid is None:
+            n = int.from_bytes(rng(4), "big") % (2**30)
+            lengths = p.grease_lengths
+            body = rng(lengths[rng(1)[0] % len(lengths)])
+            items.append((31 * n + 27, body))
+        elif p.rule == "initial_source_connection_id":
+            items.append((p.pid, scid))
+        elif p.rule == "version_information":
+            # chosen version, then the available ones; a GREASE version (0x?a?a?a?a)
+            # takes the place of any the browser sent.
+            words = [p.body[i : i + 4] for i in range(0, len(p.body), 4)]
+            out = b""
+            for w in words:
+                v = int.from_bytes(w, "big")
+                if v & 0x0F0F0F0F == 0x0A0A0A0A:
+                    v = (int.from_bytes(rng(4), "big") & 0xF0F0F0F0) | 0x0A0A0A0A
+                out += v.to_bytes(4, "big")
+            items.append((p.pid, out))
+        else:
+            items.append((p.pid, p.body))
+    if layout.shuffle_transport_parameters:
+        for i in range(len(items) - 1, 0, -1):
+            j = int.from_bytes(rng(4), "big") % (i + 1)
+            items[i], items[j] = items[j], items[i]
+    return b"".join(_varint(pid) + _varint(len(body)) + body for pid, body in items)
+
+
+_TCP_H2: Final = default_template("tcp-h2")
+_TCP_WS: Final = default_template("tcp-ws")
+_QUIC_H3: Final = default_template("quic-h3")
+#: The captured Chromium templates (spec/templates/), the defaults of every dial.
+CHROME_TEMPLATE: Final = _TCP_H2.hello
+CHROME_WS_TEMPLATE: Final = _TCP_WS.hello
+CHROME_QUIC_TEMPLATE: Final = _QUIC_H3.hello
+CHROME_QUIC_LAYOUT: Final = _QUIC_H3.quic
 
 # --- configuration ------------------------------------------------------------------
 
