@@ -7,6 +7,7 @@ import ipaddress
 from dataclasses import dataclass
 
 import trio
+from test_htx_transport import Node
 
 from qnet.htx import transport as T
 from qnet.mix import sphinx as S
@@ -16,7 +17,6 @@ from qnet.routing import circuit as C
 from qnet.routing.cells import RelayCell, RelayCommand
 from qnet.routing.client import CellReceived, CircuitOpened, ClientCircuits
 from qnet.routing.streams import EndReason
-from test_htx_transport import Node
 
 
 @dataclass
