@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_deb=()
-for pkg in libsodium-dev build-essential python3-dev pkg-config; do
+# clang: libqnet's libFuzzer harnesses (bindings/c, `make fuzz`, run by .ci/run).
+for pkg in libsodium-dev build-essential python3-dev pkg-config clang; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_deb+=("$pkg")
 done
 if ((${#need_deb[@]})); then

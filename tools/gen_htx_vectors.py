@@ -9,15 +9,13 @@ comes from ``SeededRandom`` and is written out.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from qnet.crypto.drbg import SeededRandom
 from qnet.htx import frames as F
 from qnet.htx.keys import DirectionKeys, SessionKeys
+from tools.vectorio import write_or_check
 
 OUT = Path(__file__).resolve().parent.parent / "spec" / "vectors" / "htx_frames.json"
 SEED = b"qnet vector htx frames"
@@ -195,24 +193,8 @@ def htx_vectors() -> dict[str, Any]:
     }
 
 
-def render(obj: Any) -> str:
-    return json.dumps(obj, indent=1) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="compare instead of writing")
-    args = ap.parse_args(argv)
-    text = render(htx_vectors())
-    if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT}: differs from a fresh generation", file=sys.stderr)
-            return 1
-        return 0
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text)
-    print(f"wrote {OUT} ({len(text)} bytes)")
-    return 0
+    return write_or_check({OUT: htx_vectors}, argv, (__doc__ or "").splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -13,9 +13,7 @@ that depends on it.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from qnet.crypto.primitives import MLKEM768Key, X25519Key, hkdf_sha256, mlkem768
 from qnet.errors import CryptoError
 from qnet.htx import inner as I
 from qnet.htx.errors import HandshakeError
+from tools.vectorio import write_or_check
 
 OUT = Path(__file__).resolve().parent.parent / "spec" / "vectors" / "htx_inner.json"
 
@@ -201,24 +200,8 @@ def vectors() -> dict[str, Any]:
     }
 
 
-def render(obj: Any) -> str:
-    return json.dumps(obj, indent=1, sort_keys=False) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="compare instead of writing")
-    args = ap.parse_args(argv)
-    text = render(vectors())
-    if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT}: differs from a fresh generation", file=sys.stderr)
-            return 1
-        return 0
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text)
-    print(f"wrote {OUT} ({len(text)} bytes)")
-    return 0
+    return write_or_check({OUT: vectors}, argv, (__doc__ or "").splitlines()[0])
 
 
 if __name__ == "__main__":

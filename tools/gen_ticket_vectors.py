@@ -10,8 +10,6 @@ The format is "htx-tickets-v1"; ``qnet.lint.ticket_vectors`` checks it.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from qnet.crypto.primitives import X25519Key, hkdf_sha256
 from qnet.htx import cover
 from qnet.htx import ticket as T
 from qnet.lint.ticket_vectors import check_tickets
+from tools.vectorio import write_or_check
 
 OUT = Path(__file__).resolve().parent.parent / "spec" / "vectors" / "htx_tickets.json"
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z, the start of an hour
@@ -212,31 +211,15 @@ def tickets_vectors() -> dict[str, Any]:
     }
 
 
-def render(obj: Any) -> str:
-    return json.dumps(obj, indent=1, sort_keys=False) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="compare instead of writing")
-    args = ap.parse_args(argv)
     doc = tickets_vectors()
-    # the expected verdicts above are written by hand: the reference must agree with them
+    # the expected verdicts are written by hand: the reference must agree with them
     findings = check_tickets(doc)
     for f in findings:
         print(f"reference disagrees with the intended vector: {f}", file=sys.stderr)
     if findings:
         return 1
-    text = render(doc)
-    if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT}: differs from a fresh generation", file=sys.stderr)
-            return 1
-        return 0
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text)
-    print(f"wrote {OUT} ({len(text)} bytes)")
-    return 0
+    return write_or_check({OUT: lambda: doc}, argv, (__doc__ or "").splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -9,10 +9,7 @@ implementation can replay the draws and must get the same bytes.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ from qnet.crypto.drbg import SeededRandom
 from qnet.crypto.primitives import hkdf_sha256
 from qnet.mix import sphinx as S
 from qnet.routing import cells as R
+from tools.vectorio import write_or_check
 
 OUT = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 
@@ -454,28 +452,10 @@ def cells_vectors() -> dict[str, Any]:
     }
 
 
-def render(obj: Any) -> str:
-    return json.dumps(obj, indent=1, sort_keys=False) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="compare instead of writing")
-    args = ap.parse_args(argv)
     accel.select("python")
-    files = {"sphinx.json": render(sphinx_vectors()), "cells.json": render(cells_vectors())}
-    bad = 0
-    for name, text in files.items():
-        path = OUT / name
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                print(f"{path}: differs from a fresh generation", file=sys.stderr)
-                bad = 1
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            print(f"wrote {path} ({len(text)} bytes)")
-    return bad
+    files = {OUT / "sphinx.json": sphinx_vectors, OUT / "cells.json": cells_vectors}
+    return write_or_check(files, argv, (__doc__ or "").splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from qnet.constants import BODY_LEN
 from qnet.crypto.primitives import random_bytes
 from qnet.errors import CellError, CircuitError
 from qnet.routing import circuit as C
@@ -27,7 +26,7 @@ from qnet.routing.cells import (
     decode_relay_cell,
     decode_unit,
 )
-from qnet.routing.relay import DestroyReason
+from qnet.routing.relay import DestroyReason, destroy_unit
 
 Rng = Callable[[int], bytes]
 
@@ -78,11 +77,6 @@ class _Circuit:
         self.started = now
 
 
-def _destroy(cid: int, reason: DestroyReason) -> bytes:
-    body = bytes([reason]) + bytes(BODY_LEN - 1)
-    return Unit(circ_id=cid, command=UnitCommand.DESTROY, body=body).encode()
-
-
 class ClientCircuits:
     """Every circuit this client has on one link (one entry)."""
 
@@ -123,7 +117,7 @@ class ClientCircuits:
 
     def destroy(self, cid: int, reason: DestroyReason = DestroyReason.REQUESTED) -> bytes | None:
         """Forget ``cid``; the DESTROY unit to send, if it existed."""
-        return _destroy(cid, reason) if self._circuits.pop(cid, None) is not None else None
+        return destroy_unit(cid, reason) if self._circuits.pop(cid, None) is not None else None
 
     def link_lost(self) -> list[Event]:
         """The link died: every circuit on it is gone."""
@@ -144,7 +138,7 @@ class ClientCircuits:
             if circuit.state is CircuitState.BUILDING and now - circuit.started > build_timeout:
                 del self._circuits[cid]
                 events.append(CircuitFailed(cid, "timeout"))
-                units.append(_destroy(cid, DestroyReason.TIMEOUT))
+                units.append(destroy_unit(cid, DestroyReason.TIMEOUT))
         return events, units
 
     def receive_units(self, raws: Iterable[bytes], now: float) -> tuple[list[Event], list[bytes]]:
@@ -168,7 +162,7 @@ class ClientCircuits:
                 except CircuitError as exc:
                     del self._circuits[cid]
                     events.append(CircuitFailed(cid, exc.reason))
-                    replies.append(_destroy(cid, DestroyReason.PROTOCOL))
+                    replies.append(destroy_unit(cid, DestroyReason.PROTOCOL))
                     continue
                 circuit.onion, circuit.pending = ClientOnion(keys), None
                 circuit.state = CircuitState.OPEN
@@ -184,7 +178,7 @@ class ClientCircuits:
                         else DestroyReason.PROTOCOL
                     )
                     events.append(CircuitClosed(cid, reason))
-                    replies.append(_destroy(cid, reason))
+                    replies.append(destroy_unit(cid, reason))
                     continue
                 events.append(CellReceived(cid, cell))
             elif unit.command is UnitCommand.DESTROY:

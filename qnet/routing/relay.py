@@ -130,7 +130,8 @@ def _unit(circ_id: int, command: UnitCommand, body: bytes) -> bytes:
     return Unit(circ_id=circ_id, command=command, body=body).encode()
 
 
-def _destroy_unit(circ_id: int, reason: DestroyReason) -> bytes:
+def destroy_unit(circ_id: int, reason: DestroyReason) -> bytes:
+    """A DESTROY unit for ``circ_id`` (spec/circuits.md §5)."""
     return _unit(circ_id, UnitCommand.DESTROY, bytes([reason]) + bytes(BODY_LEN - 1))
 
 
@@ -251,13 +252,13 @@ class RelayEngine:
         state = self._links.get(link)
         if state is None or cid == 0 or (link, cid) in self._by_prev:
             self.drops["create_bad_id"] += 1
-            return [Send(link, _destroy_unit(cid, DestroyReason.PROTOCOL))] if cid else []
+            return [Send(link, destroy_unit(cid, DestroyReason.PROTOCOL))] if cid else []
         if (
             len(state.circuits) >= self.limits.max_circuits_per_link
             or len(self._circuits) >= self.limits.max_circuits
         ):
             self.drops["create_limit"] += 1
-            return [Send(link, _destroy_unit(cid, DestroyReason.RESOURCES))]
+            return [Send(link, destroy_unit(cid, DestroyReason.RESOURCES))]
         result = self._unwrap(body)
         try:
             if isinstance(result, S.Drop):
@@ -270,7 +271,7 @@ class RelayEngine:
             accept = C.accept_hop(result.hop_secret, body[:32], self._rng)
         except CircuitError as exc:
             self.drops[f"create_{exc.reason}"] += 1
-            return [Send(link, _destroy_unit(cid, DestroyReason.PROTOCOL))]
+            return [Send(link, destroy_unit(cid, DestroyReason.PROTOCOL))]
         ident = next(self._ids)
         keys = accept.layer_keys
         terminal = isinstance(result, S.CircuitEnd)
@@ -433,7 +434,7 @@ class RelayEngine:
             if link_state is not None:
                 link_state.circuits.discard(circuit.ident)
                 if side != skip:
-                    out.append(Send(side[0], _destroy_unit(side[1], reason)))
+                    out.append(Send(side[0], destroy_unit(side[1], reason)))
         if circuit.is_exit:
             out.append(ExitClosed(circuit.ident, reason))
         return out
