@@ -88,3 +88,31 @@ class InsufficientSignatures(DirectoryError):
 
 class InsufficientVotes(DirectoryError):
     """Too few valid votes to compute a consensus (no more than half of the authorities)."""
+
+
+class RequestRefused(DirectoryError):
+    """A directory server answered a request with a status other than ``ok``.
+
+    ``reason`` is the status (``not_found``, ``refused``, ``bad_request``,
+    ``unavailable``); ``remote_reason`` is the server's own short code, if any.
+    """
+
+    def __init__(self, reason: str, detail: str = "", remote_reason: str = "") -> None:
+        self.remote_reason = remote_reason
+        super().__init__(reason, detail)
+
+
+class DirectoryUnreachable(DirectoryError):
+    """A directory request got no answer: ``unreachable`` (no link), ``timeout``, or
+    ``link_closed`` (the link or stream ended before a whole response)."""
+
+
+class NoUsableSource(DirectoryError):
+    """Every source was tried and none gave a usable document (``no_usable_source``).
+
+    ``failures`` lists ``(source, error)`` for each attempt, in the order tried.
+    """
+
+    def __init__(self, detail: str, failures: list[tuple[object, DirectoryError]]) -> None:
+        self.failures = failures
+        super().__init__("no_usable_source", detail)
