@@ -20,6 +20,7 @@ from qnet.dir import protocol
 from qnet.dir.protocol import DEFAULT_LIMITS, MessageReader, ProtocolLimits, Request, Response
 from qnet.errors import DirectoryError, DirectoryUnreachable, RequestRefused
 from qnet.htx.errors import HandshakeError, HtxTimeout, TicketError, TlsError
+from qnet.htx.services import Service, open_service_stream, read_service
 from qnet.htx.session import HtxUsageError
 from qnet.htx.transport import HtxLink, HtxStream, PeerInfo, dial_tcp
 
@@ -61,7 +62,7 @@ async def request(
     """
     try:
         with trio.fail_after(timeout):
-            stream = await link.open_stream()
+            stream = await open_service_stream(link, Service.DIRECTORY)
             try:
                 await stream.send_all(protocol.encode_request(req))
                 await stream.send_eof()
@@ -177,6 +178,9 @@ async def serve_link(
 async def _serve_one(
     stream: HtxStream, handler: Handler, limits: ProtocolLimits, timeout: float
 ) -> None:
+    if await read_service(stream) is not Service.DIRECTORY:
+        await stream.aclose()  # a stream for a service this endpoint does not offer
+        return
     await serve_stream(stream, handler, limits=limits, timeout=timeout)
 
 

@@ -19,6 +19,7 @@ import trio
 
 from qnet.constants import UNIT_LEN
 from qnet.htx.errors import HandshakeError, HtxTimeout, TicketError, TlsError
+from qnet.htx.services import Service, open_service_stream, read_service
 from qnet.htx.transport import HtxLink, HtxStream, PeerInfo, dial_tcp
 
 log = logging.getLogger("qnet.node.links")
@@ -157,7 +158,7 @@ class LinkManager:
                 async with dial_tcp(
                     info, static_private=self._static, timeout=self._dial_timeout
                 ) as htx:
-                    stream = await htx.open_stream()
+                    stream = await open_service_stream(htx, Service.CELLS)
                     link = self._register(htx, stream, dialed=True, peer=node_id)
                     holder.append(link)
                     opened.set()
@@ -186,15 +187,23 @@ class LinkManager:
         return link
 
     async def accept(self, htx: HtxLink, peer: bytes | None) -> None:
-        """Serve an accepted HTX link (the node's HTX handler calls this and awaits it).
+        """Serve an accepted HTX link whose only service is cells (tests, simple nodes).
 
         ``peer`` is the node id matching ``htx.remote_static`` in the consensus, or
-        ``None`` for a client.
+        ``None`` for a client. Streams for other services are closed.
         """
-        try:
-            stream = await htx.accept_stream()
-        except trio.EndOfChannel:
-            return
+        while True:
+            try:
+                stream = await htx.accept_stream()
+            except trio.EndOfChannel:
+                return
+            if await read_service(stream) is Service.CELLS:
+                await self.accept_cell_stream(htx, stream, peer)
+                return
+            await stream.aclose()
+
+    async def accept_cell_stream(self, htx: HtxLink, stream: HtxStream, peer: bytes | None) -> None:
+        """Serve the cell stream a peer opened on an accepted link (its service byte read)."""
         link = self._register(htx, stream, dialed=False, peer=peer)
         await self._pump(link)
 
