@@ -20,6 +20,7 @@ run: $(STAMP)
 test: $(STAMP) lint
 	QNET_REQUIRE_EXT=1 $(PY) -m pytest -q tests
 	.venv/bin/qnet-lint vectors
+	$(MAKE) -C bindings/c test
 
 bench: $(STAMP)
 	$(PY) bench/sphinx.py
