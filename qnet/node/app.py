@@ -54,6 +54,14 @@ from qnet.node.config import ConfigError, NodeConfig, load_config
 from qnet.node.keys import KeyStore, KeyStoreError
 from qnet.node.logging import configure_logging, log_event
 from qnet.node.metrics import NodeMetrics, serve_metrics
+from qnet.node.roles import (
+    DirectoryHolder,
+    StreamRouter,
+    authority_factory,
+    exit_factory,
+    relay_factory,
+    ticket_config,
+)
 
 __all__ = [
     "ROLE_SERVICES",
@@ -152,6 +160,9 @@ RoleFactory = Callable[["Node"], RoleService]
 ROLE_SERVICES: dict[Role, RoleFactory] = {
     role: functools.partial(_idle, role.value) for role in Role
 }
+ROLE_SERVICES[Role.RELAY] = relay_factory
+ROLE_SERVICES[Role.EXIT] = exit_factory
+ROLE_SERVICES[Role.AUTHORITY] = authority_factory
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +193,11 @@ class Node:
         self.config = config
         self.keys = keys
         self.site = site
-        self.link_service: LinkService = link_service or PlaceholderLinkService()
+        #: The node's view of the network (the directory agent keeps it current).
+        self.directory = DirectoryHolder()
+        #: Routes every stream of every accepted link by its service byte.
+        self.router = StreamRouter()
+        self.link_service: LinkService = link_service or self.router
         self.metrics = metrics or NodeMetrics()
         self.clock = clock
         #: Set when a stop was requested; services should wind down.
@@ -206,6 +221,7 @@ class Node:
             self.site,
             handshake_timeout=self.config.htx.handshake_timeout,
             on_handshake_failure=lambda _: self.metrics.htx_handshake_failures.inc(),
+            ticket_config=ticket_config(self.config),
         )
 
     async def _on_link(self, link: HtxLink) -> None:

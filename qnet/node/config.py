@@ -251,6 +251,10 @@ class DirectorySection:
     authorities_file: Path | None = None
     #: Epoch length in seconds: 3600 in production, a few seconds in tests (>= 1).
     epoch_seconds: int = 3600
+    #: A private test network (like Tor's TestingTorNetwork): flags need no uptime
+    #: history, any bandwidth is Fast and Guard, and loopback HTX peers are not
+    #: rate-limited. Never set it on a public network.
+    testing: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -578,6 +582,7 @@ def _directory(t: _Table, base: Path) -> DirectorySection:
         authorities=tuple(entries),
         authorities_file=path,
         epoch_seconds=t.get("epoch_seconds", _int_range(1, 7 * 86400), d.epoch_seconds),
+        testing=t.get("testing", _bool, d.testing),
     )
 
 

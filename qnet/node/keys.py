@@ -52,6 +52,7 @@ from qnet.crypto.primitives import MLKEM_SEED_LEN, X25519_LEN, MLKEM768Key, X255
 from qnet.dir.identity import SEED_LEN, Identity
 from qnet.errors import QNetError
 from qnet.htx import cover
+from qnet.htx.ticket import TicketConfig
 from qnet.htx.tls import CertificateKey, make_self_signed
 from qnet.htx.transport import PeerInfo, ServerConfig
 
@@ -419,6 +420,7 @@ class KeyStore:
         *,
         handshake_timeout: float = 15.0,
         on_handshake_failure: Callable[[str], None] | None = None,
+        ticket_config: TicketConfig | None = None,
     ) -> ServerConfig:
         """The ``ServerConfig`` for ``serve_tcp``/``serve_quic`` with this node's keys."""
         return ServerConfig(
@@ -430,6 +432,7 @@ class KeyStore:
             site=site,
             handshake_timeout=handshake_timeout,
             on_handshake_failure=on_handshake_failure,
+            ticket_config=ticket_config or TicketConfig(),
         )
 
     def peer_info(self, host: str, port: int, server_name: str) -> PeerInfo:
