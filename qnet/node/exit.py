@@ -34,6 +34,7 @@ from qnet.routing.streams import (
     StreamRequested,
     StreamUsageError,
 )
+from qnet.sockerr import errno_of
 
 log = logging.getLogger("qnet.node.exit")
 
@@ -183,14 +184,14 @@ class ExitCircuit:
                 break
             except trio.TooSlowError:
                 reason = EndReason.TIMEOUT
-            except ConnectionRefusedError:
-                reason = EndReason.REFUSED
             except OSError as exc:
-                reason = (
-                    EndReason.UNREACHABLE
-                    if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH)
-                    else EndReason.MISC
-                )
+                code = errno_of(exc)
+                if code == errno.ECONNREFUSED:
+                    reason = EndReason.REFUSED
+                elif code in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                    reason = EndReason.UNREACHABLE
+                else:
+                    reason = EndReason.MISC
         try:
             if sock is None:
                 self.endpoint.refuse(sid, reason or EndReason.MISC)
