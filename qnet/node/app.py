@@ -51,6 +51,7 @@ from qnet.htx import cover
 from qnet.htx.quic import serve_quic
 from qnet.htx.transport import HtxLink, LinkHandler, ServerConfig, serve_tcp
 from qnet.node.config import ConfigError, NodeConfig, load_config
+from qnet.node.directory_agent import DirectoryAgent
 from qnet.node.keys import KeyStore, KeyStoreError
 from qnet.node.logging import configure_logging, log_event
 from qnet.node.metrics import NodeMetrics, serve_metrics
@@ -275,6 +276,19 @@ class Node:
                     _serve_quic, self._on_link, server, cfg.htx.host, cfg.htx.quic_port
                 )
                 quic_port = int(sock.getsockname()[1])
+            if _publishes_descriptor(cfg):
+                agent = DirectoryAgent(
+                    cfg,
+                    self.keys,
+                    clock=self.clock,
+                    tcp_port=tcp_port,
+                    quic_port=quic_port,
+                    on_consensus=lambda c: self.metrics.set_consensus(c.valid_after),
+                )
+                self.directory.view = agent
+                if self.router.directory is None:
+                    self.router.directory = agent.handle_request  # serve as a verified cache
+                await nursery.start(agent.run)
             metrics_port = None
             if cfg.metrics.enabled:
                 metrics_port = await nursery.start(
@@ -300,6 +314,12 @@ class Node:
                 await self._links_idle.wait()
             nursery.cancel_scope.cancel()
         log_event(log, logging.INFO, "stopped")
+
+
+def _publishes_descriptor(cfg: NodeConfig) -> bool:
+    """Relays, exits and mixnodes publish descriptors and follow the consensus."""
+    roles = set(cfg.node.roles) - {Role.AUTHORITY}
+    return bool(roles) and bool(cfg.directory.authorities)
 
 
 # ``nursery.start`` passes only positional arguments and task_status; these adapters

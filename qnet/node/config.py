@@ -667,3 +667,71 @@ def load_config(path: Path | str) -> NodeConfig:
 def defaults(base_dir: Path | str = ".") -> NodeConfig:
     """The configuration an empty file gives (paths resolved against ``base_dir``)."""
     return parse_config("", base_dir)
+
+
+# --- the client proxy's config (``qnet proxy --config``) ----------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxySection:
+    """``[proxy]``: where the SOCKS proxy listens and where it keeps state."""
+
+    #: The SOCKS listener: an IP literal; keep it on loopback unless you mean it.
+    host: str = "127.0.0.1"
+    port: int = 1080
+    #: Guards and other client state (relative to the config file).
+    data_dir: Path = Path("qnet-client")
+    #: Hops per circuit (2..5).
+    hops: int = 3
+    #: Streams to different destination ports never share a circuit (Tor's IsolateDestPort).
+    isolate_dest_port: bool = False
+    #: Exit-side refusals and build failures are retried this many times on new circuits.
+    retries: int = 2
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    proxy: ProxySection = field(default_factory=ProxySection)
+    directory: DirectorySection = field(default_factory=DirectorySection)
+
+
+def _proxy(t: _Table, base: Path) -> ProxySection:
+    d = ProxySection()
+    return ProxySection(
+        host=t.get("host", _ip_literal, d.host),
+        port=t.get("port", _int_range(0, 65535), d.port),
+        data_dir=t.get("data_dir", _path(base), base / d.data_dir),
+        hops=t.get("hops", _int_range(2, 5), d.hops),
+        isolate_dest_port=t.get("isolate_dest_port", _bool, d.isolate_dest_port),
+        retries=t.get("retries", _int_range(0, 10), d.retries),
+        log_level=t.get("log_level", _choice(("debug", "info", "warning", "error")), d.log_level),
+    )
+
+
+def parse_client_config(text: str, base_dir: Path | str = ".") -> ClientConfig:
+    """Parse a client proxy config (``[proxy]`` and ``[directory]``). Raises ``ConfigError``."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(None, None, f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(None, None, "not valid TOML: nested too deeply") from None
+    base = Path(base_dir)
+    top = _Table("", doc)
+    proxy = _Table("proxy", top.take("proxy") or {})
+    directory = _Table("directory", top.take("directory") or {})
+    top.done()
+    config = ClientConfig(proxy=_proxy(proxy, base), directory=_directory(directory, base))
+    proxy.done()
+    directory.done()
+    return config
+
+
+def load_client_config(path: Path | str) -> ClientConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(None, str(p), f"cannot be read: {exc}") from None
+    return parse_client_config(text, p.parent)
