@@ -373,7 +373,7 @@ class HtxLink:
         if out:
             try:
                 await self._wire.send_tunnel(out)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            except (trio.BrokenResourceError, trio.ClosedResourceError, TlsStateError) as exc:
                 self._mark_closed(None)
                 raise trio.BrokenResourceError("the link's connection broke") from exc
         self._timer_changed.set()
@@ -383,7 +383,7 @@ class HtxLink:
             if self.closed:
                 raise trio.BrokenResourceError("the link closed")
             await self._progress.wait()
-        if self.closed:
+        if self.closed or self.session.closed:  # closed: aclose may still be flushing
             raise trio.BrokenResourceError("the link closed")
 
     def _mark_closed(self, event: SessionClosed | None) -> None:

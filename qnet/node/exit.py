@@ -49,9 +49,19 @@ class _Conn:
     sock: trio.SocketStream
     out: list[bytes] = field(default_factory=list)
     out_ready: trio.Event = field(default_factory=trio.Event)
-    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    # One scope per direction: a CancelScope may guard only one ``with`` block.
+    up: trio.CancelScope = field(default_factory=trio.CancelScope)
+    down: trio.CancelScope = field(default_factory=trio.CancelScope)
     eof: bool = False
     directions_done: int = 0
+
+    def abort(self) -> None:
+        self.up.cancel()
+        self.down.cancel()
+
+    @property
+    def aborted(self) -> bool:
+        return self.up.cancel_called or self.down.cancel_called
 
 
 class ExitCircuit:
@@ -146,7 +156,7 @@ class ExitCircuit:
                 conn.eof = True
                 conn.out_ready.set()
                 if event.reason is not EndReason.DONE:
-                    conn.cancel.cancel()
+                    conn.abort()
         elif isinstance(event, ResolveRequested):
             self._nursery.start_soon(self._resolve, event.stream_id, event.name)
 
@@ -211,8 +221,8 @@ class ExitCircuit:
     async def _finish(self, sid: int, conn: _Conn) -> None:
         """One direction is done; when both are, close the socket and forget the stream."""
         conn.directions_done += 1
-        if conn.directions_done == 2 or conn.cancel.cancel_called:
-            conn.cancel.cancel()
+        if conn.directions_done == 2 or conn.aborted:
+            conn.abort()
             if self._conns.get(sid) is conn:
                 del self._conns[sid]
             with trio.CancelScope(shield=True):
@@ -232,7 +242,7 @@ class ExitCircuit:
 
     async def _write_upstream(self, sid: int, conn: _Conn) -> None:
         """Client → destination: write what arrived, then report it consumed."""
-        with conn.cancel:
+        with conn.up:
             while True:
                 await conn.out_ready.wait()
                 conn.out_ready = trio.Event()
@@ -253,7 +263,7 @@ class ExitCircuit:
 
     async def _read_downstream(self, sid: int, conn: _Conn) -> None:
         """Destination → client, as fast as the circuit's window and the stream allow."""
-        with conn.cancel:
+        with conn.down:
             while True:
                 room = self._room(sid)
                 if room is None:
