@@ -42,7 +42,32 @@ class CellLink:
         self.peer = peer  # the peer's node id when known
         self._buffer = bytearray()
         self._send_lock = trio.Lock()
+        self._queue: list[bytes] = []
+        self._queued_ready = trio.Event()
         self.closed = False
+
+    def queue_units(self, units: list[bytes], limit: int) -> bool:
+        """Queue units for this link's writer task without waiting.
+
+        Returns ``False`` (and queues nothing) when ``limit`` units are already
+        waiting: the peer is not reading and the caller should shed load. Readers
+        never block on writes this way, so two relays sending to each other cannot
+        deadlock on full flow-control windows.
+        """
+        if self.closed or len(self._queue) + len(units) > limit:
+            return False
+        self._queue.extend(units)
+        self._queued_ready.set()
+        return True
+
+    async def write_queued(self) -> None:
+        """The link's writer task: drain the queue until the link breaks."""
+        while True:
+            await self._queued_ready.wait()
+            self._queued_ready = trio.Event()
+            units, self._queue = self._queue, []
+            if units:
+                await self.send_units(units)
 
     async def send_units(self, units: list[bytes]) -> None:
         """Write units in order; raises ``trio.BrokenResourceError`` if the link died."""
@@ -208,6 +233,19 @@ class LinkManager:
         await self._pump(link)
 
     async def _pump(self, link: CellLink) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write, link, nursery.cancel_scope)
+            await self._read(link)
+            nursery.cancel_scope.cancel()
+
+    async def _write(self, link: CellLink, scope: trio.CancelScope) -> None:
+        try:
+            await link.write_queued()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            link.closed = True
+            scope.cancel()  # the reader sees the end too; the link is done
+
+    async def _read(self, link: CellLink) -> None:
         try:
             while True:
                 try:
@@ -224,6 +262,11 @@ class LinkManager:
                 del self._by_node[link.peer]
             with trio.CancelScope(shield=True):
                 await self._on_closed(link)
+
+    def queue(self, number: int, units: list[bytes], limit: int = 4096) -> bool:
+        """Queue units on link ``number`` without waiting; ``False`` if it is gone or full."""
+        link = self.links.get(number)
+        return link is not None and link.queue_units(units, limit)
 
     async def send(self, number: int, units: list[bytes]) -> bool:
         """Write to link ``number``; ``False`` if it is gone (the caller tears circuits down)."""

@@ -56,6 +56,7 @@ class RelayService:
         exit_policy: ExitPolicy | None = None,
         limits: R.RelayLimits | None = None,
         on_drop: Callable[[str, int], None] | None = None,
+        queue_limit: int = 8192,
     ) -> None:
         self.engine = R.RelayEngine(mix_keys, is_exit=exit_policy is not None, limits=limits)
         self.directory = directory
@@ -67,6 +68,8 @@ class RelayService:
             static_private=static_private,
         )
         self._on_drop = on_drop
+        #: Units waiting for one link's writer before the link counts as stuck.
+        self.queue_limit = queue_limit
         self._known_links: set[int] = set()
         self._exits: dict[int, ExitCircuit] = {}
         self._nursery: trio.Nursery | None = None
@@ -138,7 +141,8 @@ class RelayService:
                 if exit_circuit is not None:
                     exit_circuit.closed()
         for link, units in sends.items():
-            if not await self.links.send(link, units):
+            if not self.links.queue(link, units, self.queue_limit):
+                # Gone, or a peer that stopped reading: its circuits are torn down.
                 self._known_links.discard(link)
                 follow_up += self.engine.link_closed(link)
         if follow_up:
