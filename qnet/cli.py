@@ -97,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("selftest", help="run vectors and an in-process packet demo")
     node = sub.add_parser("node", help="run a node (relay, exit, mix, authority)")
     node.add_argument("--config", required=True, metavar="PATH", help="the node's TOML config")
+    proxy = sub.add_parser("proxy", help="run the SOCKS proxy (a client)")
+    proxy.add_argument("--config", required=True, metavar="PATH", help="the client's TOML config")
+    testnet = sub.add_parser("testnet", help="a whole test network on this machine")
+    from qnet.testnet.cli import add_arguments
+
+    add_arguments(testnet)
     args = ap.parse_args(argv)
     if args.cmd == "version":
         return _version()
@@ -104,6 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         from qnet.node.app import main as node_main
 
         return node_main(args.config)
+    if args.cmd == "proxy":
+        from qnet.client.app import main as proxy_main
+
+        return proxy_main(args.config)
+    if args.cmd == "testnet":
+        from qnet.testnet.cli import main as testnet_main
+
+        return testnet_main(args)
     return _selftest()
 
 

@@ -1,0 +1,1 @@
+"""``qnet testnet``: a whole QNet network of real processes on one machine (like chutney)."""
