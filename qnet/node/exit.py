@@ -28,6 +28,7 @@ from qnet.routing.streams import (
     ProtocolViolation,
     ResolveRequested,
     Role,
+    SendBufferFull,
     StreamConfig,
     StreamData,
     StreamEnded,
@@ -76,12 +77,14 @@ class ExitCircuit:
         close: Callable[[DestroyReason], Awaitable[None]],
         config: StreamConfig | None = None,
         connect_timeout: float = 10.0,
+        bind_address: str | None = None,
     ) -> None:
         self.ident = ident
         self.policy = policy
         self._send_cells = send_cells
         self._close = close
         self._connect_timeout = connect_timeout
+        self._bind = bind_address
         self.endpoint = CircuitEndpoint(Role.EXIT, trio.current_time(), config)
         self._inbox: list[RelayCell] = []
         self._wake = trio.Event()
@@ -162,51 +165,16 @@ class ExitCircuit:
 
     # --- streams ------------------------------------------------------------------------------
 
-    async def _addresses(self, host: str, port: int) -> list[IPAddress]:
-        try:
-            return [ipaddress.ip_address(host.strip("[]"))]
-        except ValueError:
-            pass
-        with trio.fail_after(self._connect_timeout):
-            infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
-        seen: list[IPAddress] = []
-        for info in infos:
-            addr = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-            if addr not in seen:
-                seen.append(addr)
-        return seen
-
     async def _connect(self, sid: int, host: str, port: int) -> None:
-        reason: EndReason | None = None
-        try:
-            addresses = await self._addresses(host, port)
-        except (OSError, trio.TooSlowError):
-            reason = EndReason.RESOLVE_FAILED
-            addresses = []
-        allowed = [a for a in addresses if self.policy(a, port)]
-        if reason is None and not allowed:
-            reason = EndReason.EXIT_POLICY
         sock: trio.SocketStream | None = None
-        for addr in allowed:
-            try:
-                with trio.fail_after(self._connect_timeout):
-                    sock = await trio.open_tcp_stream(str(addr), port)
-                break
-            except trio.TooSlowError:
-                reason = EndReason.TIMEOUT
-            except OSError as exc:
-                code = errno_of(exc)
-                if code == errno.ECONNREFUSED:
-                    reason = EndReason.REFUSED
-                elif code in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-                    reason = EndReason.UNREACHABLE
-                else:
-                    reason = EndReason.MISC
+        try:
+            sock = await open_exit_stream(host, port, self.policy, self._connect_timeout)
+        except ExitConnectError as exc:
+            reason: EndReason = exc.reason
         try:
             if sock is None:
-                self.endpoint.refuse(sid, reason or EndReason.MISC)
+                self.endpoint.refuse(sid, reason)
             else:
-                sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
                 self.endpoint.accept(sid, str(sock.socket.getpeername()[0]))
                 conn = self._conns[sid] = _Conn(sock)
                 assert self._nursery is not None
@@ -277,12 +245,27 @@ class ExitCircuit:
                     data = b""
                 if not data:
                     self._end(sid, EndReason.DONE)
+                    # No half-close on circuits (spec/circuits.md §6.1): once our END
+                    # is out the stream is over, so the upstream writer finishes too.
+                    conn.eof = True
+                    conn.out_ready.set()
                     return
-                try:
-                    self.endpoint.send(sid, bytes(data))
-                except StreamUsageError:
+                if not await self._send_when_room(sid, bytes(data)):
                     return
                 self._poke()
+
+    async def _send_when_room(self, sid: int, data: bytes) -> bool:
+        """Hand ``data`` to the stream, waiting while the circuit's buffers are full
+        (other streams may have used the room seen before the read). ``False`` once
+        the stream is gone."""
+        while True:
+            try:
+                self.endpoint.send(sid, data)
+                return True
+            except SendBufferFull:
+                await self._progress.wait()
+            except StreamUsageError:
+                return False
 
     def _room(self, sid: int) -> int | None:
         try:
@@ -306,7 +289,7 @@ class ExitCircuit:
 
     async def _resolve(self, sid: int, name: str) -> None:
         try:
-            addresses = await self._addresses(name, 0)
+            addresses = await resolve_addresses(name, 0, self._connect_timeout)
         except (OSError, trio.TooSlowError):
             addresses = []
         try:
@@ -314,3 +297,70 @@ class ExitCircuit:
         except StreamUsageError:
             return
         self._poke()
+
+
+class ExitConnectError(Exception):
+    """``open_exit_stream`` could not connect; ``reason`` is the END reason to report."""
+
+    def __init__(self, reason: EndReason) -> None:
+        super().__init__(reason.name.lower())
+        self.reason = reason
+
+
+async def resolve_addresses(host: str, port: int, timeout: float) -> list[IPAddress]:
+    """``host`` as a literal address, or every address it resolves to (in order, once each).
+
+    Raises ``OSError`` or ``trio.TooSlowError`` when the name does not resolve in time.
+    """
+    try:
+        return [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        pass
+    with trio.fail_after(timeout):
+        infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+    seen: list[IPAddress] = []
+    for info in infos:
+        addr = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if addr not in seen:
+            seen.append(addr)
+    return seen
+
+
+async def open_exit_stream(
+    host: str, port: int, policy: ExitPolicy, timeout: float
+) -> trio.SocketStream:
+    """A TCP stream to ``host:port`` under the exit policy (spec/circuits.md §6).
+
+    The policy is applied to a literal address and to every address a name
+    resolves to; the first allowed address that answers wins. Used by circuit
+    exits and by mixed-mode exits (``qnet.node.mixed_exit``). Raises
+    ``ExitConnectError`` with the END reason; nothing else.
+    """
+    reason: EndReason | None = None
+    try:
+        addresses = await resolve_addresses(host, port, timeout)
+    except (OSError, trio.TooSlowError):
+        reason = EndReason.RESOLVE_FAILED
+        addresses = []
+    allowed = [a for a in addresses if policy(a, port)]
+    if reason is None and not allowed:
+        reason = EndReason.EXIT_POLICY
+    for addr in allowed:
+        try:
+            with trio.fail_after(timeout):
+                sock = await trio.open_tcp_stream(str(addr), port)
+        except trio.TooSlowError:
+            reason = EndReason.TIMEOUT
+            continue
+        except OSError as exc:
+            code = errno_of(exc)
+            if code == errno.ECONNREFUSED:
+                reason = EndReason.REFUSED
+            elif code in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                reason = EndReason.UNREACHABLE
+            else:
+                reason = EndReason.MISC
+            continue
+        sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+        return sock
+    raise ExitConnectError(reason or EndReason.MISC)
