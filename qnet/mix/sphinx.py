@@ -274,6 +274,17 @@ def _decode(status: int, block: bytes) -> Unwrapped | PacketError:
         return exc
 
 
+def interpret_output(status: int, block: bytes) -> Unwrapped | Drop:
+    """One ``accel.sphinx_unwrap_batch`` output as a result, or a ``Drop`` with its reason.
+
+    For callers that run the hot path themselves (the mix role tries several
+    keys and checks replays on its own thread); ``block[:16]`` is the replay tag
+    whenever ``status`` is ``accel.OK``.
+    """
+    result = _decode(status, block)
+    return Drop(result.reason) if isinstance(result, PacketError) else result
+
+
 def _interpret(out: bytes) -> Unwrapped:
     """Turn the hot path's output block into a result (spec/sphinx.md §7 step 9)."""
     replay_tag = out[:REPLAY_TAG_LEN]

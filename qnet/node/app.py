@@ -60,6 +60,7 @@ from qnet.node.roles import (
     StreamRouter,
     authority_factory,
     exit_factory,
+    mix_factory,
     relay_factory,
     ticket_config,
 )
@@ -164,6 +165,7 @@ ROLE_SERVICES: dict[Role, RoleFactory] = {
 ROLE_SERVICES[Role.RELAY] = relay_factory
 ROLE_SERVICES[Role.EXIT] = exit_factory
 ROLE_SERVICES[Role.AUTHORITY] = authority_factory
+ROLE_SERVICES[Role.MIX] = mix_factory
 
 
 @dataclass(frozen=True, slots=True)

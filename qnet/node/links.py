@@ -263,6 +263,11 @@ class LinkManager:
             with trio.CancelScope(shield=True):
                 await self._on_closed(link)
 
+    def connected(self, node_id: bytes) -> CellLink | None:
+        """The open link to ``node_id``, if there is one; never dials."""
+        link = self._by_node.get(node_id)
+        return link if link is not None and not link.closed else None
+
     def queue(self, number: int, units: list[bytes], limit: int = 4096) -> bool:
         """Queue units on link ``number`` without waiting; ``False`` if it is gone or full."""
         link = self.links.get(number)

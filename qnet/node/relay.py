@@ -57,8 +57,18 @@ class RelayService:
         limits: R.RelayLimits | None = None,
         on_drop: Callable[[str, int], None] | None = None,
         queue_limit: int = 8192,
+        exit_bind_address: str | None = None,
+        on_sphinx: Callable[[int, list[bytes]], None] | None = None,
+        on_link_closed: Callable[[int], None] | None = None,
     ) -> None:
-        self.engine = R.RelayEngine(mix_keys, is_exit=exit_policy is not None, limits=limits)
+        self.engine = R.RelayEngine(
+            mix_keys, is_exit=exit_policy is not None, limits=limits, mix=on_sphinx is not None
+        )
+        #: The mix role's intake: ``on_sphinx(link_number, packets)`` per link and batch,
+        #: called without waiting (it must queue or drop, never block).
+        self.on_sphinx = on_sphinx
+        #: Told the number of every link that ends (the mix role's delivery handler).
+        self.on_link_closed = on_link_closed
         self.directory = directory
         self.exit_policy = exit_policy
         self.links = LinkManager(
@@ -70,6 +80,7 @@ class RelayService:
         self._on_drop = on_drop
         #: Units waiting for one link's writer before the link counts as stuck.
         self.queue_limit = queue_limit
+        self.exit_bind_address = exit_bind_address
         self._known_links: set[int] = set()
         self._exits: dict[int, ExitCircuit] = {}
         self._nursery: trio.Nursery | None = None
@@ -108,6 +119,8 @@ class RelayService:
 
     async def _on_closed(self, link: CellLink) -> None:
         self._known_links.discard(link.number)
+        if self.on_link_closed is not None:
+            self.on_link_closed(link.number)
         await self.dispatch(self.engine.link_closed(link.number))
 
     def _report_drops(self) -> None:
@@ -123,10 +136,13 @@ class RelayService:
         """Carry out the engine's actions: sends (grouped per link, in order), link
         requests, and exit events."""
         sends: dict[int, list[bytes]] = defaultdict(list)
+        sphinx: dict[int, list[bytes]] = defaultdict(list)
         follow_up: list[R.Action] = []
         for action in actions:
             if isinstance(action, R.Send):
                 sends[action.link].append(action.unit)
+            elif isinstance(action, R.SphinxIn):
+                sphinx[action.link].append(action.packet)
             elif isinstance(action, R.NeedLink):
                 assert self._nursery is not None
                 self._nursery.start_soon(self._extend, action)
@@ -140,6 +156,9 @@ class RelayService:
                 exit_circuit = self._exits.pop(action.circuit, None)
                 if exit_circuit is not None:
                     exit_circuit.closed()
+        if sphinx and self.on_sphinx is not None:
+            for link, packets in sphinx.items():
+                self.on_sphinx(link, packets)
         for link, units in sends.items():
             if not self.links.queue(link, units, self.queue_limit):
                 # Gone, or a peer that stopped reading: its circuits are torn down.
@@ -175,6 +194,12 @@ class RelayService:
             self._exits.pop(ident, None)
             await self.dispatch(self.engine.exit_close(ident, reason))
 
-        circuit = ExitCircuit(ident, self.exit_policy, send_cells=send_cells, close=close)
+        circuit = ExitCircuit(
+            ident,
+            self.exit_policy,
+            send_cells=send_cells,
+            close=close,
+            bind_address=self.exit_bind_address,
+        )
         self._exits[ident] = circuit
         self._nursery.start_soon(circuit.run)

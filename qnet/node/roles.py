@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from qnet.constants import UNIT_LEN
 from qnet.dir import net as dirnet
 from qnet.dir.authority import AuthorityConfig, AuthorityService
 from qnet.dir.descriptor import Role
@@ -23,7 +24,10 @@ from qnet.htx.services import Service, read_service
 from qnet.htx.ticket import TicketConfig
 from qnet.htx.transport import HtxLink, HtxStream, PeerInfo
 from qnet.mix import sphinx as S
+from qnet.mix.delivery import DeliveryHandler
+from qnet.mix.mixnode import MixSettings
 from qnet.node.config import NodeConfig
+from qnet.node.mix import CountingDelivery, MixService
 from qnet.node.relay import DirectoryView, RelayService
 from qnet.routing.relay import RelayLimits
 
@@ -152,21 +156,64 @@ class StreamRouter:
 # --- roles ----------------------------------------------------------------------------------------
 
 
+def mix_settings(config: NodeConfig) -> MixSettings:
+    """The mix role's bounds: the ``[mix]`` defaults, sized for this network's epoch."""
+    return MixSettings(epoch_seconds=config.directory.epoch_seconds)
+
+
+def counting_delivery(node: Node, mix: MixService) -> DeliveryHandler:
+    return CountingDelivery()
+
+
+#: Makes the handler for packets that end at this node's mix (spec/mix.md §7),
+#: given the node and its ``MixService`` (for ``send_packet`` and ``push``).
+#: Exits and gateways replace it; the default counts and drops.
+MIX_DELIVERY: Callable[[Node, MixService], DeliveryHandler] = counting_delivery
+
+
 class RelayRole:
-    """Relay circuits, and exit them when the node has the exit role."""
+    """Relay circuits, and exit them when the node has the exit role; with the mix
+    role, SPHINX units go to a ``MixService`` sharing the same links.
+
+    ``circuits=False`` (a mix-only node) refuses every CREATE (``create_limit``).
+    """
 
     name = "relay"
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, *, circuits: bool = True, name: str = "relay") -> None:
         cfg = node.config
+        self.name = name
+        self.mix: MixService | None = None
+        if Role.MIX in cfg.node.roles:
+            metrics = node.metrics
+
+            def forwarded(n: int) -> None:
+                metrics.cells_forwarded.inc(n)
+                metrics.bytes_forwarded.inc(n * UNIT_LEN)
+
+            self.mix = MixService(
+                mix_settings(cfg),
+                mix_keys=NodeMixKeys(node),
+                on_drop=metrics.drop,
+                on_forward=forwarded,
+            )
+            self.mix.delivery = MIX_DELIVERY(node, self.mix)
+        limits = RelayLimits(max_circuits_per_link=cfg.limits.max_circuits_per_link)
+        if not circuits:
+            limits = RelayLimits(max_circuits_per_link=0, max_circuits=0)
         self.service = RelayService(
             mix_keys=NodeMixKeys(node),
             directory=node.directory,
             static_private=node.keys.link.private_bytes,
             exit_policy=cfg.exit.allows if Role.EXIT in cfg.node.roles else None,
-            limits=RelayLimits(max_circuits_per_link=cfg.limits.max_circuits_per_link),
+            limits=limits,
             on_drop=node.metrics.drop,
+            exit_bind_address=cfg.exit.bind_address,
+            on_sphinx=self.mix.receive if self.mix is not None else None,
+            on_link_closed=self.mix.link_closed if self.mix is not None else None,
         )
+        if self.mix is not None:
+            self.mix.attach(self.service.links)
 
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None]) -> None:
         async def cells(link: HtxLink, stream: HtxStream) -> None:
@@ -174,7 +221,13 @@ class RelayRole:
             await self.service.links.accept_cell_stream(link, stream, peer)
 
         node.router.cells = cells
-        await self.service.run(task_status=task_status)
+        if self.mix is None:
+            await self.service.run(task_status=task_status)
+            return
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.mix.run)
+            await nursery.start(self.service.run)
+            task_status.started()
 
 
 class AuthorityRole:
@@ -222,6 +275,14 @@ def exit_factory(node: Node) -> RelayRole | IdleRole:
     if Role.RELAY in node.config.node.roles:
         return IdleRole("exit")
     return RelayRole(node)
+
+
+def mix_factory(node: Node) -> RelayRole | IdleRole:
+    # The mix shares the relay service's links; a relay or exit role starts both.
+    roles = node.config.node.roles
+    if Role.RELAY in roles or Role.EXIT in roles:
+        return IdleRole("mix")
+    return RelayRole(node, circuits=False, name="mix")
 
 
 def authority_factory(node: Node) -> AuthorityRole:

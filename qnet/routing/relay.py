@@ -86,7 +86,15 @@ class ExitClosed:
     reason: DestroyReason
 
 
-Action = Send | NeedLink | ExitCell | ExitOpened | ExitClosed
+@dataclass(frozen=True, slots=True)
+class SphinxIn:
+    """A SPHINX unit's packet for the node's mix role (``RelayEngine(mix=True)`` only)."""
+
+    link: int
+    packet: bytes
+
+
+Action = Send | NeedLink | ExitCell | ExitOpened | ExitClosed | SphinxIn
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,9 +158,12 @@ class RelayEngine:
         is_exit: bool = False,
         limits: RelayLimits | None = None,
         rng: Rng = random_bytes,
+        mix: bool = False,
     ) -> None:
         self._mix_keys = mix_keys
         self.is_exit = is_exit
+        #: With the mix role, SPHINX units become ``SphinxIn`` actions instead of drops.
+        self.mix = mix
         self.limits = limits or RelayLimits()
         self._rng = rng
         self._replay: dict[bytes, set[bytes]] = {}
@@ -228,6 +239,8 @@ class RelayEngine:
             self.drops["padding"] += 1
             return []
         if unit.command is UnitCommand.SPHINX:
+            if self.mix:
+                return [SphinxIn(link, unit.body)]
             self.drops["no_mix_role"] += 1
             return []
         if unit.command is UnitCommand.CREATE:
