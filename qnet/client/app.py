@@ -14,7 +14,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import trio
 
@@ -71,7 +71,9 @@ class Client:
         ).build()
         self._rng = rng
         self.selector: PathSelector | None = None
-        self.manager = CircuitManager(self._path, config=CircuitConfig())
+        self.manager = CircuitManager(
+            self._path, config=CircuitConfig(), on_build=self._built, keyed_path_source=self._path
+        )
 
     # --- directory -------------------------------------------------------------------------
 
@@ -107,10 +109,20 @@ class Client:
             self.selector.set_consensus(consensus)
         self.have_consensus.set()
 
-    def _path(self) -> Path:
+    def _built(self, path: Path, failure: str | None) -> None:
+        """Guards learn from builds: an entry we cannot reach is set aside for a while."""
+        now = time.time()
+        if failure is None:
+            self.guards.note_success(path.entry_id, now)
+        elif failure in ("link_failed", "timeout"):
+            self.guards.note_failure(path.entry_id, now)
+        if self.guards.dirty:
+            save_guards(self._guards_path, self.guards)
+
+    def _path(self, isolation: Hashable = None) -> Path:
         if self.selector is None:
             raise NoPathError("too_few_nodes", "no consensus yet")
-        path = self.selector.build_path(None, now=time.time()).for_circuit()
+        path = self.selector.build_path(None, now=time.time(), isolation=isolation).for_circuit()
         if self.guards.dirty:
             save_guards(self._guards_path, self.guards)
         return path

@@ -605,10 +605,21 @@ class CircuitManager:
     """
 
     def __init__(
-        self, path_source: PathSource | None = None, *, config: CircuitConfig | None = None
+        self,
+        path_source: PathSource | None = None,
+        *,
+        config: CircuitConfig | None = None,
+        on_build: Callable[[Path, str | None], None] | None = None,
+        keyed_path_source: Callable[[Hashable], Path] | None = None,
     ) -> None:
         self.config = config if config is not None else CircuitConfig()
         self._path_source = path_source
+        #: When given, ``circuit_for(key)`` asks it for paths with the isolation key,
+        #: so the path selector can keep different keys on different exits.
+        self._keyed_path_source = keyed_path_source
+        #: Told every build's path and outcome (``None`` = built, else the reason),
+        #: so a guard that cannot be reached stops being chosen.
+        self._on_build = on_build
         self._peers: dict[bytes, PeerInfo] = {}
         self._links = LinkManager(
             peer_info=self._peers.get,
@@ -671,6 +682,13 @@ class CircuitManager:
 
     # --- building -------------------------------------------------------------------------------
 
+    @staticmethod
+    def _keyed_path(source: Callable[[Hashable], Path], key: Hashable) -> Path:
+        try:
+            return source(key)
+        except LookupError as exc:
+            raise CircuitBuildError("no_path", str(exc)) from exc
+
     def _next_path(self) -> Path:
         if self._path_source is None:
             raise CircuitBuildError("no_path", "no path given and no path source")
@@ -691,6 +709,17 @@ class CircuitManager:
         if self._nursery is None:
             raise RuntimeError("CircuitManager.run is not running")
         path = path if path is not None else self._next_path()
+        try:
+            circuit = await self._build(path)
+        except CircuitBuildError as exc:
+            if self._on_build is not None:
+                self._on_build(path, exc.reason)
+            raise
+        if self._on_build is not None:
+            self._on_build(path, None)
+        return circuit
+
+    async def _build(self, path: Path) -> Circuit:
         self._peers[path.entry_id] = path.entry
         started = trio.current_time()
         build: _Build | None = None
@@ -784,7 +813,15 @@ class CircuitManager:
             self._by_key[isolation_key] = kept
             if usable is not None:
                 return usable
-            circuit = await self.build_with_retry()
+            keyed = self._keyed_path_source
+            if keyed is not None:
+                paths = (
+                    self._keyed_path(keyed, isolation_key)
+                    for _ in range(self.config.build_attempts)
+                )
+                circuit = await self.build_with_retry(paths)
+            else:
+                circuit = await self.build_with_retry()
             if circuit.closed:  # pragma: no cover - it died between CREATED and here
                 raise CircuitBuildError("link_failed", "the circuit died right after its build")
             circuit.isolation_key = isolation_key

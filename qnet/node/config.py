@@ -179,6 +179,8 @@ class ExitSection:
     )
     #: Allow the private, loopback, link-local, CGNAT and multicast ranges (test networks only).
     allow_private: bool = False
+    #: The local address exit streams connect from (an IP literal); absent: the system's choice.
+    bind_address: str | None = None
 
     @property
     def rules(self) -> tuple[PolicyRule, ...]:
@@ -507,9 +509,10 @@ def _htx(t: _Table, base: Path) -> HtxSection:
 def _exit(t: _Table) -> ExitSection:
     d = ExitSection()
     allow_private = t.get("allow_private", _bool, d.allow_private)
+    bind = t.get("bind_address", _ip_literal, None)
     raw = t.take("policy")
     if raw is None:
-        return ExitSection(allow_private=allow_private)
+        return ExitSection(allow_private=allow_private, bind_address=bind)
     rules: list[PolicyRule] = []
     for i, item in enumerate(_array(t.key("policy"), raw)):
         k = f"{t.key('policy')}[{i}]"
@@ -517,7 +520,7 @@ def _exit(t: _Table) -> ExitSection:
     room = MAX_POLICY_RULES - len(PRIVATE_NETWORKS)
     if len(rules) > room:
         raise ConfigError(t.key("policy"), raw, f"at most {room} rules ('*' counts twice)")
-    return ExitSection(policy=tuple(rules), allow_private=allow_private)
+    return ExitSection(policy=tuple(rules), allow_private=allow_private, bind_address=bind)
 
 
 def _authority(t: _Table) -> AuthorityEntry:

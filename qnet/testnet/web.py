@@ -3,6 +3,7 @@
     GET /                 a short page
     GET /bytes/N          N bytes of a fixed pseudo-random stream (N up to 1 GiB)
     GET /sha256/N         the hex SHA-256 of /bytes/N, to check a download
+    GET /whoami           the address the request came from (which exit it left by)
 
 Run it as ``python -m qnet.testnet.web PORT``. HTTP/1.1 with keep-alive (h11).
 """
@@ -43,8 +44,10 @@ def digest_of(n: int) -> str:
     return h.hexdigest()
 
 
-def _route(target: str) -> tuple[int, int | None, bytes]:
+def _route(target: str, peer: str = "") -> tuple[int, int | None, bytes]:
     """(status, length of a /bytes body or None, small body)."""
+    if target == "/whoami":
+        return 200, None, peer.encode() + b"\n"
     if target == "/":
         return 200, None, INDEX
     for prefix in ("/bytes/", "/sha256/"):
@@ -60,6 +63,7 @@ def _route(target: str) -> tuple[int, int | None, bytes]:
 
 async def _serve(stream: trio.SocketStream) -> None:
     conn = h11.Connection(h11.SERVER)
+    peer = str(stream.socket.getpeername()[0])
     try:
         while True:
             event = conn.next_event()
@@ -71,7 +75,7 @@ async def _serve(stream: trio.SocketStream) -> None:
                 continue
             if isinstance(event, h11.Request):
                 target = event.target.decode("latin-1")
-                status, length, body = _route(target)
+                status, length, body = _route(target, peer)
                 size = length if length is not None else len(body)
                 headers = [
                     ("Content-Length", str(size)),

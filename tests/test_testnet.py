@@ -1,0 +1,171 @@
+"""End to end: a whole test network of real processes, used through its SOCKS proxy.
+
+One network (3 authorities, 3 relays, 2 exits, a web server, the proxy) is started
+for the module with ``qnet testnet start`` and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from qnet.testnet.plan import Layout, NetworkPlan, lay_out
+from qnet.testnet.run import _http_get, _socks_connect, start, stop
+
+BASE_PORT = 27100
+SOCKS_PORT = 27080
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetworkPlan]:
+    directory = tmp_path_factory.mktemp("testnet")
+    plan = lay_out(Layout(directory=directory, base_port=BASE_PORT, socks_port=SOCKS_PORT))
+    try:
+        start(plan, timeout=150)
+        yield plan
+    finally:
+        stop(Path(plan.directory))
+
+
+def fetch(
+    plan: NetworkPlan, path: str, *, user: str | None = None, port: int | None = None
+) -> bytes:
+    """GET ``path`` from the web server through the proxy (SOCKS5, optional user/pass)."""
+    if user is None:
+        s = _socks_connect(plan.socks_port, "127.0.0.1", port or plan.web_port, 60)
+    else:
+        s = _socks5_auth(plan.socks_port, user, port or plan.web_port)
+    with s:
+        return _http_get(s, path)
+
+
+def _socks5_auth(proxy_port: int, user: str, port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", proxy_port), timeout=60)
+    s.sendall(b"\x05\x01\x02")
+    assert s.recv(2) == b"\x05\x02"
+    u = user.encode()
+    s.sendall(b"\x01" + bytes([len(u)]) + u + b"\x01x")
+    assert s.recv(2) == b"\x01\x00"
+    host = b"127.0.0.1"
+    s.sendall(b"\x05\x01\x00\x03" + bytes([len(host)]) + host + port.to_bytes(2, "big"))
+    head = s.recv(10)
+    assert head[1] == 0, head
+    return s
+
+
+def socks_reply_code(plan: NetworkPlan, port: int) -> int:
+    s = socket.create_connection(("127.0.0.1", plan.socks_port), timeout=60)
+    with s:
+        s.sendall(b"\x05\x01\x00")
+        s.recv(2)
+        host = b"127.0.0.1"
+        s.sendall(b"\x05\x01\x00\x03" + bytes([len(host)]) + host + port.to_bytes(2, "big"))
+        return s.recv(10)[1]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_downloads_100_mib_with_the_right_checksum(net: NetworkPlan) -> None:
+    size = 100 * 2**20
+    url = f"http://127.0.0.1:{net.web_port}"
+    curl = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "--max-time",
+            "240",
+            "--socks5-hostname",
+            f"127.0.0.1:{net.socks_port}",
+            f"{url}/bytes/{size}",
+        ],
+        capture_output=True,
+        check=True,
+    )
+    want = fetch(net, f"/sha256/{size}").strip().decode()
+    assert len(curl.stdout) == size
+    assert hashlib.sha256(curl.stdout).hexdigest() == want
+
+
+def test_100_parallel_downloads(net: NetworkPlan) -> None:
+    want = fetch(net, "/sha256/200000").strip().decode()
+    results: list[bool] = []
+
+    def one() -> None:
+        body = fetch(net, "/bytes/200000")
+        results.append(hashlib.sha256(body).hexdigest() == want)
+
+    threads = [threading.Thread(target=one) for _ in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == [True] * 100
+
+
+def test_a_python_socks_client_library(net: NetworkPlan) -> None:
+    from python_socks.sync import Proxy
+
+    proxy = Proxy.from_url(f"socks5://127.0.0.1:{net.socks_port}", rdns=True)
+    s = proxy.connect(dest_host="127.0.0.1", dest_port=net.web_port, timeout=60)
+    with s:
+        body = _http_get(s, "/")
+    assert b"test network" in body
+
+
+def test_isolation_by_username_uses_different_exits(net: NetworkPlan) -> None:
+    seen = {fetch(net, "/whoami", user=f"user{i}").strip() for i in range(2)}
+    assert len(seen) == 2, seen
+    assert all(addr.startswith(b"127.0.0.1") and addr != b"127.0.0.1" for addr in seen)
+    # The same username keeps its circuit (and so its exit).
+    again = {fetch(net, "/whoami", user="user0").strip() for _ in range(3)}
+    assert len(again) == 1
+
+
+def test_exit_refusals_map_to_socks_reply_codes(net: NetworkPlan) -> None:
+    assert socks_reply_code(net, 25) == 0x02  # refused by the exit policy
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    assert socks_reply_code(net, port) == 0x05  # connection refused at the destination
+    assert fetch(net, "/").startswith(b"<!doctype html>")  # and the next request works
+
+
+def test_a_killed_relay_is_routed_around(net: NetworkPlan) -> None:
+    import json
+    import os
+    import signal
+
+    state = json.loads((Path(net.directory) / "testnet.json").read_text())
+    victim = next(p for p in state["processes"] if p["name"] == "relay1")
+    os.killpg(victim["pid"], signal.SIGKILL)
+    for i in range(6):
+        assert fetch(net, "/", user=f"after-kill-{i}").startswith(b"<!doctype html>")
+
+
+def test_testnet_cli_status_and_verify(net: NetworkPlan) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qnet.cli",
+            "testnet",
+            "verify",
+            "--dir",
+            net.directory,
+            "--bytes",
+            "3000000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "checksum ok" in out.stdout
