@@ -168,7 +168,9 @@ class ExitCircuit:
     async def _connect(self, sid: int, host: str, port: int) -> None:
         sock: trio.SocketStream | None = None
         try:
-            sock = await open_exit_stream(host, port, self.policy, self._connect_timeout)
+            sock = await open_exit_stream(
+                host, port, self.policy, self._connect_timeout, bind_address=self._bind
+            )
         except ExitConnectError as exc:
             reason: EndReason = exc.reason
         try:
@@ -327,14 +329,15 @@ async def resolve_addresses(host: str, port: int, timeout: float) -> list[IPAddr
 
 
 async def open_exit_stream(
-    host: str, port: int, policy: ExitPolicy, timeout: float
+    host: str, port: int, policy: ExitPolicy, timeout: float, *, bind_address: str | None = None
 ) -> trio.SocketStream:
     """A TCP stream to ``host:port`` under the exit policy (spec/circuits.md §6).
 
     The policy is applied to a literal address and to every address a name
     resolves to; the first allowed address that answers wins. Used by circuit
     exits and by mixed-mode exits (``qnet.node.mixed_exit``). Raises
-    ``ExitConnectError`` with the END reason; nothing else.
+    ``ExitConnectError`` with the END reason; nothing else. ``bind_address``: the
+    local address to connect from (``None``: the system's choice).
     """
     reason: EndReason | None = None
     try:
@@ -348,7 +351,7 @@ async def open_exit_stream(
     for addr in allowed:
         try:
             with trio.fail_after(timeout):
-                sock = await trio.open_tcp_stream(str(addr), port)
+                sock = await trio.open_tcp_stream(str(addr), port, local_address=bind_address)
         except trio.TooSlowError:
             reason = EndReason.TIMEOUT
             continue

@@ -165,10 +165,17 @@ def counting_delivery(node: Node, mix: MixService) -> DeliveryHandler:
     return CountingDelivery()
 
 
+def mixed_mode_delivery(node: Node, mix: MixService) -> DeliveryHandler:
+    """Every mix node is a gateway for its clients; an exit also ends mixed-mode streams."""
+    from qnet.node.mixed_exit import mixed_delivery  # the exit imports node pieces
+
+    return mixed_delivery(node, mix)
+
+
 #: Makes the handler for packets that end at this node's mix (spec/mix.md §7),
 #: given the node and its ``MixService`` (for ``send_packet`` and ``push``).
 #: Exits and gateways replace it; the default counts and drops.
-MIX_DELIVERY: Callable[[Node, MixService], DeliveryHandler] = counting_delivery
+MIX_DELIVERY: Callable[[Node, MixService], DeliveryHandler] = mixed_mode_delivery
 
 
 class RelayRole:
