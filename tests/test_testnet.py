@@ -7,6 +7,7 @@ for the module with ``qnet testnet start`` and stopped at the end.
 from __future__ import annotations
 
 import hashlib
+import random
 import shutil
 import socket
 import subprocess
@@ -18,16 +19,27 @@ from pathlib import Path
 import pytest
 
 from qnet.testnet.plan import Layout, NetworkPlan, lay_out
-from qnet.testnet.run import _http_get, _socks_connect, start, stop
+from qnet.testnet.run import _check_free, _http_get, _socks_connect, start, stop
 
-BASE_PORT = 27100
-SOCKS_PORT = 27080
+
+def free_base(count: int) -> int:
+    """A base port with ``count`` free ports after it (others may run networks too)."""
+    rng = random.Random()
+    for _ in range(50):
+        base = rng.randrange(20000, 60000 - count)
+        try:
+            _check_free(list(range(base, base + count)))
+        except RuntimeError:
+            continue
+        return base
+    raise RuntimeError("no free block of ports")
 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetworkPlan]:
     directory = tmp_path_factory.mktemp("testnet")
-    plan = lay_out(Layout(directory=directory, base_port=BASE_PORT, socks_port=SOCKS_PORT))
+    base = free_base(12)
+    plan = lay_out(Layout(directory=directory, base_port=base, socks_port=base + 11))
     try:
         start(plan, timeout=150)
         yield plan

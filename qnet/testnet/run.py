@@ -92,6 +92,17 @@ def _wait_port(port: int, deadline: float) -> bool:
     return False
 
 
+def _check_free(ports: list[int]) -> None:
+    """Refuse to start on ports something else already listens on (it would be used instead)."""
+    for port in ports:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((HOST, port))
+            except OSError as exc:
+                raise RuntimeError(f"port {port} is already in use ({exc.strerror})") from None
+
+
 def start(plan: NetworkPlan, *, timeout: float = 120.0, say: object = print) -> list[Proc]:
     """Launch everything in ``plan``; return once a fetch through the proxy works.
 
@@ -101,6 +112,7 @@ def start(plan: NetworkPlan, *, timeout: float = 120.0, say: object = print) -> 
     root = Path(plan.directory)
     if any(_alive(p.pid) for p in load_state(root)):
         raise RuntimeError(f"a test network is already running in {root}; stop it first")
+    _check_free([n.port for n in plan.nodes] + [plan.web_port, plan.socks_port])
     procs: list[Proc] = []
     deadline = time.monotonic() + timeout
     try:
