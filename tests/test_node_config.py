@@ -204,7 +204,7 @@ def test_authority_errors_name_the_field(tmp_path: Path) -> None:
         parse_config(text + "colour = 'red'\n", tmp_path)
     assert info.value.key == "directory.authorities[0].colour"
     with pytest.raises(ConfigError, match="twice"):
-        parse_config(text + text.replace("7001", "7002"), tmp_path)
+        parse_config(text + text.replace("port = 7001", "port = 7002"), tmp_path)
     (tmp_path / "f.toml").write_text(text.replace("directory.authorities", "authorities") + "x=1")
     with pytest.raises(ConfigError) as info:
         parse_config("[directory]\nauthorities_file = 'f.toml'", tmp_path)

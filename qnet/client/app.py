@@ -28,6 +28,12 @@ from qnet.client.circuits import (
     StreamRefused,
 )
 from qnet.client.guards import GUARDS_FILE, GuardConfig, load_guards, save_guards
+from qnet.client.mixed import (
+    ConsensusTopology,
+    MixClient,
+    MixedConnector,
+    SelectingConnector,
+)
 from qnet.client.path import NoPathError, PathConfig, PathSelector
 from qnet.client.proxy import ConnectError, ProxyConfig, serve_socks
 from qnet.client.socks import IsolationFlags, SocksConfig, SocksRequest
@@ -36,6 +42,7 @@ from qnet.dir.consensus import Consensus
 from qnet.dir.vote import Authorities
 from qnet.errors import DirectoryError
 from qnet.node.config import ClientConfig, ConfigError, load_client_config
+from qnet.node.directory_agent import ConsensusDirectory
 from qnet.routing.streams import EndReason
 
 log = logging.getLogger("qnet.client")
@@ -71,6 +78,7 @@ class Client:
         ).build()
         self._rng = rng
         self.selector: PathSelector | None = None
+        self.topology: ConsensusTopology | None = None
         self.manager = CircuitManager(
             self._path, config=CircuitConfig(), on_build=self._built, keyed_path_source=self._path
         )
@@ -103,6 +111,11 @@ class Client:
 
     def _use(self, consensus: Consensus) -> None:
         self.consensus = consensus
+        view = ConsensusDirectory(consensus)
+        if self.topology is None:
+            self.topology = ConsensusTopology(view)
+        else:
+            self.topology.directory = view
         if self.selector is None:
             self.selector = PathSelector(consensus, self.path_config, self._rng, guards=self.guards)
         else:
@@ -126,6 +139,41 @@ class Client:
         if self.guards.dirty:
             save_guards(self._guards_path, self.guards)
         return path
+
+
+class LazyMixedConnector:
+    """Mixed mode on first use: picks a gateway from the consensus, starts the mix
+    session (cover traffic begins then, not before), and hands streams to it."""
+
+    def __init__(self, client: Client, nursery: trio.Nursery) -> None:
+        self.client = client
+        self._nursery = nursery
+        self._inner: MixedConnector | None = None
+        self._lock = trio.Lock()
+
+    async def _connector(self) -> MixedConnector:
+        async with self._lock:
+            if self._inner is None:
+                await self.client.have_consensus.wait()
+                topology = self.client.topology
+                assert topology is not None
+                gateways = topology.gateways()
+                if not gateways:
+                    raise ConnectError(EndReason.MISC, "the network has no mixnodes")
+                gateway, _ = random.SystemRandom().choice(list(gateways))
+                session = MixClient(topology, gateway)
+                await self._nursery.start(session.run)
+                self._inner = MixedConnector(session)
+            return self._inner
+
+    async def connect(self, request: SocksRequest) -> trio.abc.Stream:
+        return await (await self._connector()).connect(request)
+
+    async def resolve(self, request: SocksRequest) -> Sequence[IPAddress]:
+        return await (await self._connector()).resolve(request)
+
+    async def resolve_ptr(self, request: SocksRequest) -> str:
+        return await (await self._connector()).resolve_ptr(request)
 
 
 class CircuitConnector:
@@ -192,10 +240,15 @@ async def run_proxy(
     async with trio.open_nursery() as nursery:
         await nursery.start(client.manager.run)
         nursery.start_soon(client.follow_consensus)
+        connector = SelectingConnector(
+            CircuitConnector(client, config.proxy.retries),
+            LazyMixedConnector(client, nursery),
+            mixed_default=config.proxy.mixed,
+        )
         listeners = await nursery.start(
             functools.partial(
                 serve_socks,
-                CircuitConnector(client, config.proxy.retries),
+                connector,
                 config.proxy.host,
                 config.proxy.port,
                 config=ProxyConfig(socks=socks),

@@ -20,7 +20,7 @@ import random
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -43,6 +43,30 @@ log = logging.getLogger("qnet.client.mixed")
 
 Packet = tuple[bytes, bytes]
 NodeKey = tuple[bytes, bytes]  # (node id, mix public key)
+
+
+class ConsensusEntryLike(Protocol):
+    @property
+    def node_id(self) -> bytes: ...
+
+    @property
+    def descriptor(self) -> Any: ...
+
+
+class ConsensusDirectoryLike(Protocol):
+    """What ``ConsensusTopology`` reads (``qnet.node.directory_agent.ConsensusDirectory``)."""
+
+    @property
+    def consensus(self) -> Any: ...
+
+    @property
+    def entries(self) -> Sequence[ConsensusEntryLike]: ...
+
+    def layer(self, layer: int) -> Sequence[ConsensusEntryLike]: ...
+
+    def current_mix_key(self, node_id: bytes) -> bytes | None: ...
+
+    def peer_info(self, node_id: bytes) -> PeerInfo | None: ...
 
 
 class MixTopology(Protocol):
@@ -225,9 +249,11 @@ class MixClient:
     # --- the cover source -----------------------------------------------------------------------
 
     def _real(self, now: float) -> Packet | None:
-        n = len(self.senders)
+        # A snapshot: polling a finished stream removes it from ``senders``.
+        senders = list(self.senders)
+        n = len(senders)
         for i in range(n):
-            sender = self.senders[(self._rr + i) % n]
+            sender = senders[(self._rr + i) % n]
             try:
                 packet = sender.poll(now)
             except LookupError as exc:  # no route right now
@@ -600,3 +626,50 @@ class SelectingConnector:
 
     async def resolve_ptr(self, request: SocksRequest) -> str:
         return await self._pick(request).resolve_ptr(request)
+
+
+class ConsensusTopology:
+    """``MixTopology`` over the consensus the client follows (a ``ConsensusDirectory``).
+
+    Mixed-mode exits are nodes with both the exit and the mix role (the exit's end
+    of a mixed stream runs in its mix service); gateways are any Mix-flagged node.
+    """
+
+    def __init__(self, directory: ConsensusDirectoryLike) -> None:
+        self.directory = directory
+
+    @property
+    def params(self) -> Mapping[str, int]:
+        params: Mapping[str, int] = self.directory.consensus.params
+        return params
+
+    def _keyed(self, entries: Sequence[ConsensusEntryLike]) -> list[NodeKey]:
+        out: list[NodeKey] = []
+        for entry in entries:
+            key = self.directory.current_mix_key(entry.node_id)
+            if key is not None:
+                out.append((entry.node_id, key))
+        return out
+
+    def layer(self, layer: int) -> Sequence[NodeKey]:
+        return self._keyed(self.directory.layer(layer))
+
+    def exits(self) -> Sequence[NodeKey]:
+        from qnet.dir.descriptor import Role
+
+        return self._keyed(
+            [
+                e
+                for e in self.directory.entries
+                if Role.EXIT in e.descriptor.roles and Role.MIX in e.descriptor.roles
+            ]
+        )
+
+    def gateways(self) -> Sequence[NodeKey]:
+        return self._keyed([e for layer in range(3) for e in self.directory.layer(layer)])
+
+    def mix_key(self, node_id: bytes) -> bytes | None:
+        return self.directory.current_mix_key(node_id)
+
+    def peer_info(self, node_id: bytes) -> PeerInfo | None:
+        return self.directory.peer_info(node_id)

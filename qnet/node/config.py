@@ -690,6 +690,9 @@ class ProxySection:
     isolate_dest_port: bool = False
     #: Exit-side refusals and build failures are retried this many times on new circuits.
     retries: int = 2
+    #: Every stream in mixed mode (through the mixnet); otherwise only SOCKS usernames
+    #: starting with "mix" are.
+    mixed: bool = False
     log_level: str = "info"
 
 
@@ -708,6 +711,7 @@ def _proxy(t: _Table, base: Path) -> ProxySection:
         hops=t.get("hops", _int_range(2, 5), d.hops),
         isolate_dest_port=t.get("isolate_dest_port", _bool, d.isolate_dest_port),
         retries=t.get("retries", _int_range(0, 10), d.retries),
+        mixed=t.get("mixed", _bool, d.mixed),
         log_level=t.get("log_level", _choice(("debug", "info", "warning", "error")), d.log_level),
     )
 

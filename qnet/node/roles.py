@@ -19,7 +19,7 @@ from qnet.dir.authority import AuthorityConfig, AuthorityService
 from qnet.dir.descriptor import Role
 from qnet.dir.flags import FlagRules
 from qnet.dir.protocol import Request, Response
-from qnet.dir.vote import Authorities, DirectoryParams
+from qnet.dir.vote import DEFAULT_NETWORK_PARAMS, Authorities, DirectoryParams
 from qnet.htx.services import Service, read_service
 from qnet.htx.ticket import TicketConfig
 from qnet.htx.transport import HtxLink, HtxStream, PeerInfo
@@ -56,6 +56,15 @@ def directory_params(config: NodeConfig) -> DirectoryParams:
         guard_guarantee=1,
     )
     return DirectoryParams(epoch_length=epoch, rules=rules, vote_max_age=max(4 * epoch, 60))
+
+
+def network_params(config: NodeConfig) -> dict[str, int]:
+    """The parameters an authority votes for. A test network mixes with short delays
+    and a fast payload stream, so a mixed-mode fetch finishes in seconds."""
+    params = dict(DEFAULT_NETWORK_PARAMS)
+    if config.directory.testing:
+        params.update(mix_delay_mean_ms=5, mix_payload_per_s=400)
+    return params
 
 
 def ticket_config(config: NodeConfig) -> TicketConfig:
@@ -252,6 +261,7 @@ class AuthorityRole:
                 peers={e.node_id: e.peer() for e in entries},
                 data_dir=cfg.node.data_dir / "authority",
                 params=directory_params(cfg),
+                network=network_params(cfg),
                 link_private=node.keys.link.private_bytes,
                 clock=node.clock,
             )

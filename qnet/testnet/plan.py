@@ -152,7 +152,8 @@ def lay_out(layout: Layout) -> NetworkPlan:
     groups = [
         ("auth", layout.authorities, ["authority"]),
         ("relay", layout.relays, ["relay"]),
-        ("exit", layout.exits, ["relay", "exit"]),
+        # With mixnodes, exits also run the mix role: that is where mixed-mode streams end.
+        ("exit", layout.exits, ["relay", "exit", "mix"] if layout.mixes else ["relay", "exit"]),
         ("mix", layout.mixes, ["mix"]),
     ]
     now = time.time()
