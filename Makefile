@@ -11,10 +11,11 @@ $(STAMP): pyproject.toml setup.py cext/_fast.pyx tools/bootstrap.sh
 
 setup: $(STAMP)
 
-# The main job as it stands: vectors on every backend plus an in-process 3-hop demo.
-# (`qnet testnet` takes this place when the proxy issue lands.)
+# The main job: a whole test network (authorities, relays, exits, mixnodes, a web
+# server, the SOCKS proxy on 127.0.0.1:1080) until Ctrl-C.
 run: $(STAMP)
 	.venv/bin/qnet selftest
+	.venv/bin/qnet testnet --mixes 6
 
 # QNET_REQUIRE_EXT: a missing Cython accelerator fails the run instead of skipping.
 test: $(STAMP) lint

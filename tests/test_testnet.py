@@ -121,6 +121,23 @@ def test_100_parallel_downloads(net: NetworkPlan) -> None:
     assert results == [True] * 100
 
 
+def test_200_concurrent_streams_on_a_few_circuits(net: NetworkPlan) -> None:
+    # Four SOCKS usernames: four circuits, fifty streams each, all at once.
+    want = fetch(net, "/sha256/50000").strip().decode()
+    results: list[bool] = []
+
+    def one(i: int) -> None:
+        body = fetch(net, "/bytes/50000", user=f"crowd{i % 4}")
+        results.append(hashlib.sha256(body).hexdigest() == want)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == [True] * 200
+
+
 def test_a_python_socks_client_library(net: NetworkPlan) -> None:
     from python_socks.sync import Proxy
 
@@ -132,7 +149,9 @@ def test_a_python_socks_client_library(net: NetworkPlan) -> None:
 
 
 def test_isolation_by_username_uses_different_exits(net: NetworkPlan) -> None:
-    seen = {fetch(net, "/whoami", user=f"user{i}").strip() for i in range(2)}
+    # Each username gets its own circuit; a new one avoids the exits other usernames
+    # hold while another exit is free (with two exits, both must show up).
+    seen = {fetch(net, "/whoami", user=f"user{i}").strip() for i in range(12)}
     assert len(seen) == 2, seen
     assert all(addr.startswith(b"127.0.0.1") and addr != b"127.0.0.1" for addr in seen)
     # The same username keeps its circuit (and so its exit).
