@@ -240,3 +240,123 @@ def test_harness_speaks_the_protocol_over_pipes() -> None:
     assert len(answers[1]["public"]) == 64
     assert answers[2] == {"id": 3, "unsupported": True}
     assert answers[3]["error"]["reason"] == "bad_command"
+
+
+# --- the libqnet harness ---------------------------------------------------------------
+
+C_HARNESS = f"{sys.executable} -m qnet.lint.harness_libqnet"
+
+# Wraps the libqnet harness and flips one byte of one answer, chosen by argv[1].
+BROKEN_C = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {repo!r})
+    from qnet.lint import harness_libqnet as H
+    from qnet.lint.harness_py import serve
+
+    MODE = sys.argv[1]
+    real = H.make_handler(H.LibQnet(H.library_path()))
+
+    def flip(hexstr):
+        b = bytearray(bytes.fromhex(hexstr))
+        b[len(b) // 2] ^= 0x01
+        return b.hex()
+
+    def handle(req):
+        resp = real(req)
+        op = req.get("op")
+        if MODE == "cell-byte" and op == "cell_end_seal" and "body" in resp:
+            resp["body"] = flip(resp["body"])
+        elif MODE == "frame-byte" and op == "frame_seal" and "wire" in resp:
+            resp["wire"] = flip(resp["wire"])
+        return resp
+
+    raise SystemExit(serve(handle))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def libqnet_built() -> None:
+    """libqnet is there (the harness builds it when missing): skip, with why, when it cannot be."""
+    import os
+    import shutil
+
+    from qnet.lint import harness_libqnet
+
+    if os.environ.get(harness_libqnet.ENV_LIB):
+        return
+    if shutil.which(os.environ.get("CC", "cc")) is None or shutil.which("make") is None:
+        pytest.skip("libqnet cannot be built: no C compiler or make")
+    try:
+        harness_libqnet.library_path()
+    except harness_libqnet.LibraryMissing as exc:
+        pytest.skip(f"libqnet cannot be built: {exc}")
+
+
+def test_libqnet_harness_passes_every_vector_it_supports(
+    libqnet_built: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, doc = lint(C_HARNESS, capsys=capsys)
+    assert failing(doc) == set(), [r for r in doc["results"] if r["status"] == "fail"]
+    assert code == 0
+    ran = {r["check"] for r in doc["results"] if r["status"] == "pass"}
+    for cid in (
+        "SPHINX-UNWRAP-001",
+        "SPHINX-REJECT-001",
+        "SPHINX-REPLAY-001",
+        "SPHINX-SURB-003",
+        "CELL-FWD-001",
+        "CELL-BWD-001",
+        "CELL-REJECT-001",
+        "LIONESS-001",
+        "HTX-FRAME-001",
+        "HTX-KEYUPDATE-001",
+        "HTX-OVERLAP-001",
+        "HTX-REJECT-001",
+        "TICKET-BUILD-001",
+    ):
+        assert cid in ran
+    # What libqnet does not cover is skipped, never failed.
+    skipped = {r["check"] for r in doc["results"] if r["status"] == "skip"}
+    assert {"INNER-INIT-001", "DIR-DESC-002", "SPHINX-BUILD-001"} <= skipped
+
+
+@pytest.mark.parametrize(
+    ("mode", "check"), [("cell-byte", "CELL-BWD-001"), ("frame-byte", "HTX-FRAME-001")]
+)
+def test_broken_libqnet_harness_is_caught(
+    libqnet_built: None,
+    tmp_path: Path,
+    mode: str,
+    check: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "broken_c_harness.py"
+    path.write_text(BROKEN_C.format(repo=str(REPO)))
+    code, doc = lint(f"{sys.executable} {path} {mode}", capsys=capsys)
+    assert code == 1
+    bad = [r for r in doc["results"] if r["status"] == "fail"]
+    assert {r["check"] for r in bad} == {check}
+    assert all("first difference at byte" in r["reason"] for r in bad), bad
+
+
+def test_libqnet_harness_answers_unsupported(libqnet_built: None) -> None:
+    reqs = [
+        {"id": 1, "op": "hello", "protocol": "qnet-harness-v1"},
+        {"id": 2, "op": "mlkem_public", "seed": "00" * 64},
+        {"id": 3, "op": "cell_relay_decode", "plaintext": "ff" * 2024},
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "qnet.lint.harness_libqnet"],
+        input="".join(json.dumps(r) + "\n" for r in reqs),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=True,
+    )
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert answers[0]["name"] == "libqnet" and "sphinx_unwrap" in answers[0]["ops"]
+    assert answers[1] == {"id": 2, "unsupported": True}
+    assert answers[2]["error"]["reason"] == "bad_command"
