@@ -426,10 +426,15 @@ class PathSelector:
     def guard_candidates(self) -> list[tuple[bytes, int]]:
         """Every node that can be an entry, with its guard-position weight (for sampling)."""
         w = self.consensus.weights
+        nodes = [
+            n for n in self._nodes.values() if Flag.GUARD in n.flags and self._usable(n, False)
+        ]
+        # Exits are scarce: an exit made a guard is one exit fewer for every path
+        # (and for stream isolation). Use them as guards only when nothing else can be.
+        relays = [n for n in nodes if Role.EXIT not in n.entry.descriptor.roles]
         return [
             (n.node_id, n.entry.bandwidth * position_weight(n.flags, Position.GUARD, w))
-            for n in self._nodes.values()
-            if Flag.GUARD in n.flags and self._usable(n, False)
+            for n in (relays or nodes)
         ]
 
     def _pick(self, nodes: Sequence[_Node], position: Position) -> _Node:
