@@ -17,8 +17,9 @@ from aioquic.h3.connection import H3Connection
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from test_htx_transport import Node, echo, roundtrip
 
-from qnet.crypto.primitives import MLKEM768Key, X25519Key
+from qnet.crypto.primitives import X25519Key
 from qnet.htx import quic as Q
 from qnet.htx import transport as T
 from qnet.htx.errors import HtxTimeout, TicketError
@@ -27,68 +28,8 @@ from qnet.htx.tls import (
     CHROME_TEMPLATE,
     Group,
     TlsClientConfig,
-    make_self_signed,
     write_client_hello,
 )
-
-
-class Node:
-    """A node's HTX keys, as its descriptor would publish them."""
-
-    def __init__(self) -> None:
-        self.link = X25519Key.generate()
-        self.mlkem = MLKEM768Key.generate()
-        self.ticket = X25519Key.generate()
-        cert, key = make_self_signed("www.example.com")
-        self.config = T.ServerConfig(
-            link_private=self.link.private_bytes,
-            mlkem=self.mlkem,
-            ticket_keys={3: self.ticket},
-            certificate_chain=(cert,),
-            certificate_key=key,
-        )
-
-    def peer(self, port: int, **kw: Any) -> T.PeerInfo:
-        return T.PeerInfo(
-            host="127.0.0.1",
-            port=port,
-            link_public=self.link.public_bytes,
-            mlkem_public=self.mlkem.public_bytes,
-            ticket_public=self.ticket.public_bytes,
-            ticket_key_id=3,
-            server_name="www.example.com",
-            **kw,
-        )
-
-
-async def echo(link: T.HtxLink) -> None:
-    async with trio.open_nursery() as nursery:
-        while True:
-            try:
-                stream = await link.accept_stream()
-            except trio.EndOfChannel:
-                return
-            nursery.start_soon(_echo_stream, stream)
-
-
-async def _echo_stream(stream: T.HtxStream) -> None:
-    while data := await stream.receive_some():
-        await stream.send_all(data)
-    await stream.send_eof()
-
-
-async def roundtrip(stream: T.HtxStream, payload: bytes) -> bytes:
-    async with trio.open_nursery() as nursery:
-
-        async def writer() -> None:
-            await stream.send_all(payload)
-            await stream.send_eof()
-
-        nursery.start_soon(writer)
-        got = bytearray()
-        while data := await stream.receive_some():
-            got += data
-    return bytes(got)
 
 
 @asynccontextmanager
