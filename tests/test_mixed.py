@@ -177,16 +177,6 @@ async def read_all(stream: trio.abc.Stream) -> bytes:
 # --- end to end ---------------------------------------------------------------------------------
 
 
-# Known bug (issue 8 stays open): about one run in five, a mixed-mode transfer stalls
-# for good; the exit appears to run out of SURBs while the client trusts a stale SURB
-# credit (mixes reorder frames). These tests keep running and report, but do not
-# fail the build until that is fixed.
-KNOWN_STALL = pytest.mark.xfail(
-    reason="intermittent mixed-mode SURB-supply stall (issue 8 open)", strict=False
-)
-
-
-@KNOWN_STALL
 def test_mixed_fetch_of_one_mebibyte_through_the_socks_proxy() -> None:
     blob = random.Random(1).randbytes(1 << 20)
 
@@ -224,7 +214,6 @@ def config_for(socks: SocksConfig) -> ProxyConfig:
     return ProxyConfig(socks=socks)
 
 
-@KNOWN_STALL
 def test_arq_recovers_from_lost_packets() -> None:
     blob = random.Random(2).randbytes(200_000)
 

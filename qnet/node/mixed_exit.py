@@ -246,7 +246,10 @@ class MixedExit:
             )
             with trio.move_on_at(wait_until):
                 await conn.wake.wait()
-            conn.wake = trio.Event()
+            # Other tasks may wait on this same event: set it before replacing it, or a
+            # timeout here would strand them (the reader stalled with room to read).
+            old, conn.wake = conn.wake, trio.Event()
+            old.set()
 
     async def _to_destination(self, conn: _Conn) -> None:
         while conn.sock is None:
