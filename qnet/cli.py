@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--config", required=True, metavar="PATH", help="the node's TOML config")
     proxy = sub.add_parser("proxy", help="run the SOCKS proxy (a client)")
     proxy.add_argument("--config", required=True, metavar="PATH", help="the client's TOML config")
+    from qnet.client.msgcli import add_arguments as add_messaging
+
+    add_messaging(sub)
     testnet = sub.add_parser("testnet", help="a whole test network on this machine")
     from qnet.testnet.cli import add_arguments
 
@@ -114,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         from qnet.client.app import main as proxy_main
 
         return proxy_main(args.config)
+    if args.cmd in ("send", "receive"):
+        from qnet.client.msgcli import receive_main, send_main
+
+        return send_main(args) if args.cmd == "send" else receive_main(args)
     if args.cmd == "testnet":
         from qnet.testnet.cli import main as testnet_main
 

@@ -1,6 +1,6 @@
 """End to end: a whole test network of real processes, used through its SOCKS proxy.
 
-One network (3 authorities, 3 relays, 2 exits, a web server, the proxy) is started
+One network (3 authorities, 3 relays, 2 exits, 6 mixnodes, a web server, the proxy) is started
 for the module with ``qnet testnet start`` and stopped at the end.
 """
 
@@ -38,8 +38,9 @@ def free_base(count: int) -> int:
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetworkPlan]:
     directory = tmp_path_factory.mktemp("testnet")
-    base = free_base(12)
-    plan = lay_out(Layout(directory=directory, base_port=base, socks_port=base + 11))
+    base = free_base(18)
+    layout = Layout(directory=directory, base_port=base, socks_port=base + 17, mixes=6)
+    plan = lay_out(layout)
     try:
         start(plan, timeout=150)
         yield plan
@@ -200,3 +201,80 @@ def test_testnet_cli_status_and_verify(net: NetworkPlan) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "checksum ok" in out.stdout
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_mixed_mode_curl_fetch_of_one_mebibyte(net: NetworkPlan) -> None:
+    # A SOCKS username starting with "mix" sends the stream through the mixnet.
+    size = 1 << 20
+    curl = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "--max-time",
+            "120",
+            "--socks5-hostname",
+            f"127.0.0.1:{net.socks_port}",
+            "--proxy-user",
+            "mix-user:x",
+            f"http://127.0.0.1:{net.web_port}/bytes/{size}",
+        ],
+        capture_output=True,
+        check=True,
+    )
+    want = fetch(net, f"/sha256/{size}").strip().decode()
+    assert hashlib.sha256(curl.stdout).hexdigest() == want
+
+
+def test_send_and_receive_a_message_with_a_reply(net: NetworkPlan, tmp_path: Path) -> None:
+    client_dir = Path(net.directory) / "client"
+    receiver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "qnet.cli",
+            "receive",
+            "--config",
+            str(client_dir / "client.toml"),
+            "--count",
+            "1",
+            "--reply",
+            "hello back",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert receiver.stdout is not None
+        address = receiver.stdout.readline().split()[-1]
+        assert address.startswith("qm1")
+        config = (client_dir / "client.toml").read_text()
+        config = config.replace('data_dir = "data"', f'data_dir = "{tmp_path / "data"}"')
+        config = config.replace(
+            "../authorities.toml", str(Path(net.directory) / "authorities.toml")
+        )
+        config = config.replace(f"port = {net.socks_port}", "port = 0")
+        (tmp_path / "sender.toml").write_text(config)
+        sent = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "qnet.cli",
+                "send",
+                "--config",
+                str(tmp_path / "sender.toml"),
+                "--to",
+                address,
+                "--wait",
+                "30",
+                "hi through the mixnet",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert "reply: hello back" in sent.stdout, sent.stdout + sent.stderr
+        out, _ = receiver.communicate(timeout=30)
+        assert "message: hi through the mixnet" in out
+    finally:
+        receiver.kill()
