@@ -7,23 +7,20 @@ and completes the circuit at the client; then the negative cases.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qnet.crypto.drbg import SeededRandom
 from qnet.errors import CircuitError, PacketError
+from qnet.lint.findings import Collector, Finding
 from qnet.mix import sphinx as S
 from qnet.routing import circuit as C
-
-if TYPE_CHECKING:  # qnet.lint.vectors imports this module to register the checker
-    from qnet.lint.vectors import Finding
 
 X = bytes.fromhex
 
 
 def check_circuits(doc: dict[str, Any]) -> list[Finding]:
-    from qnet.lint.vectors import _Collector
 
-    c = _Collector("circuits")
+    c = Collector("circuits")
     keys = [S.MixKey(X(n["private"])) for n in doc["nodes"]]
     path = [
         C.HopRoute(node_id=X(n["node_id"]), onion_public=k.public_bytes)

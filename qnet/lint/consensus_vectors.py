@@ -10,7 +10,7 @@ verified, and every positive and negative document case.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qnet.dir.consensus import (
     compute_consensus,
@@ -32,9 +32,7 @@ from qnet.dir.vote import (
     srv_commit,
 )
 from qnet.errors import DirectoryError, QNetError
-
-if TYPE_CHECKING:  # qnet.lint.vectors imports this module to register the checker
-    from qnet.lint.vectors import Finding
+from qnet.lint.findings import Finding
 
 X = bytes.fromhex
 
@@ -162,7 +160,6 @@ def _check(doc: dict[str, Any], out: _Out) -> None:
 def check_consensus(doc: dict[str, Any]) -> list[Finding]:
     """Every vote, consensus and document case in ``doc`` (a malformed file raises
     ``KeyError`` / ``ValueError``, which the linter reports as such)."""
-    from qnet.lint.vectors import Finding
 
     out = _Out()
     try:

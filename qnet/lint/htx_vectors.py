@@ -8,15 +8,13 @@ KEY_UPDATE and overlap sequences, and feeds each negative case to a fresh
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qnet.errors import CryptoError
 from qnet.htx import frames as F
 from qnet.htx.errors import HtxError
 from qnet.htx.keys import DirectionKeys, SessionKeys
-
-if TYPE_CHECKING:  # qnet.lint.vectors imports this module to register the checker
-    from qnet.lint.vectors import Finding, _Collector
+from qnet.lint.findings import Collector, Finding
 
 X = bytes.fromhex
 
@@ -46,13 +44,13 @@ def _keys_at(first: DirectionKeys, generation: int) -> DirectionKeys:
     return k
 
 
-def _check_keys(c: _Collector, k: DirectionKeys, want: dict[str, Any], what: str) -> None:
+def _check_keys(c: Collector, k: DirectionKeys, want: dict[str, Any], what: str) -> None:
     c.same(f"{what} secret", k.secret.hex(), want["secret"])
     c.same(f"{what} key", k.key.hex(), want["key"])
     c.same(f"{what} nonce_salt", k.nonce_salt.hex(), want["nonce_salt"])
 
 
-def _check_sealed(c: _Collector, first: DirectionKeys, v: dict[str, Any], what: str) -> None:
+def _check_sealed(c: Collector, first: DirectionKeys, v: dict[str, Any], what: str) -> None:
     """Seal the listed frame at its generation and counter; open the listed wire bytes."""
     keys = _keys_at(first, v["generation"])
     frame = frame_from_json(v["frame"])
@@ -73,7 +71,7 @@ def _check_sealed(c: _Collector, first: DirectionKeys, v: dict[str, Any], what: 
     c.same(f"{what} decoded", got, frame)
 
 
-def _expect_error(c: _Collector, reader: F.FrameReader, want: Any, what: str) -> None:
+def _expect_error(c: Collector, reader: F.FrameReader, want: Any, what: str) -> None:
     try:
         got = reader.next_frame()
     except HtxError as exc:
@@ -92,9 +90,8 @@ def _expect_error(c: _Collector, reader: F.FrameReader, want: Any, what: str) ->
 
 def check_htx_frames(doc: dict[str, Any]) -> list[Finding]:
     """Every HTX frame vector: keys, frames of each type, KEY_UPDATE, overlap, negatives."""
-    from qnet.lint.vectors import _Collector
 
-    c = _Collector("htx key schedule")
+    c = Collector("htx key schedule")
     secret = X(doc["session_secret"])
     try:
         keys = SessionKeys.derive(secret)

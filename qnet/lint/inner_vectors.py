@@ -9,26 +9,25 @@ from ``SeededRandom(seed)`` and its draws are compared with the recorded ones.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qnet.crypto.drbg import SeededRandom
 from qnet.crypto.primitives import MLKEM768Key, X25519Key
 from qnet.htx import inner as I
 from qnet.htx.errors import HandshakeError
-
-if TYPE_CHECKING:  # qnet.lint.vectors imports this module to register the checker
-    from qnet.lint.vectors import Finding
+from qnet.lint.findings import Finding
 
 X = bytes.fromhex
 
 
-class _Collector:
+class _HexCollector:
+    """Like ``findings.Collector``, but reports where hex values first differ."""
+
     def __init__(self, vector: str) -> None:
         self.vector = vector
         self.findings: list[Finding] = []
 
     def fail(self, what: str) -> None:
-        from qnet.lint.vectors import Finding
 
         self.findings.append(Finding(self.vector, what))
 
@@ -68,7 +67,7 @@ def _initiator(doc: dict[str, Any], case: dict[str, Any], kem_shared: bytes) -> 
 
 
 def _check_case(doc: dict[str, Any], case: dict[str, Any]) -> list[Finding]:
-    c = _Collector(f"htx-inner {case['name']}")
+    c = _HexCollector(f"htx-inner {case['name']}")
     m1, m2, m3 = X(case["msg1"]), X(case["msg2"]), X(case["msg3"])
     try:
         ini = _initiator(doc, case, X(doc["kem"]["shared"]))
@@ -108,7 +107,7 @@ def _check_case(doc: dict[str, Any], case: dict[str, Any]) -> list[Finding]:
 
 
 def _check_negative(doc: dict[str, Any], neg: dict[str, Any]) -> list[Finding]:
-    c = _Collector(f"htx-inner {neg['name']}")
+    c = _HexCollector(f"htx-inner {neg['name']}")
     hs: I.InnerInitiator | I.InnerResponder
     if neg["side"] == "responder":
         hs = _responder(dict(doc, exporter=neg["exporter"]))
@@ -129,7 +128,7 @@ def _check_negative(doc: dict[str, Any], neg: dict[str, Any]) -> list[Finding]:
 
 def check_htx_inner(doc: dict[str, Any]) -> list[Finding]:
     """Key derivations, both roles of each handshake byte for byte, and the refusals."""
-    c = _Collector("htx-inner keys")
+    c = _HexCollector("htx-inner keys")
     r = doc["responder"]
     c.same("responder static", X25519Key(X(r["static_private"])).public_bytes, r["static_public"])
     mlkem = MLKEM768Key(X(r["mlkem_seed"]))

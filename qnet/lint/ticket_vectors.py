@@ -7,16 +7,14 @@ or verdict that differs is a finding.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qnet.crypto.drbg import SeededRandom
 from qnet.crypto.primitives import X25519Key
 from qnet.errors import DecodeError
 from qnet.htx import cover
 from qnet.htx import ticket as T
-
-if TYPE_CHECKING:  # qnet.lint.vectors imports this module to register the checker
-    from qnet.lint.vectors import Finding, _Collector
+from qnet.lint.findings import Collector, Finding
 
 X = bytes.fromhex
 
@@ -25,7 +23,7 @@ def _keys(doc: dict[str, Any]) -> dict[int, X25519Key]:
     return {k["key_id"]: X25519Key(X(k["private"])) for k in doc["server_keys"]}
 
 
-def _check_build(c: _Collector, vec: dict[str, Any]) -> None:
+def _check_build(c: Collector, vec: dict[str, Any]) -> None:
     rng = SeededRandom(X(vec["seed"]))
     t = T.build_ticket_parts(X(vec["server_public"]), vec["key_id"], vec["now"], rng)
     c.same("draws", [d.hex() for d in rng.draws], vec["draws"])
@@ -39,7 +37,7 @@ def _check_build(c: _Collector, vec: dict[str, Any]) -> None:
     c.same("carrier", t.carrier_value, vec["carrier"])
 
 
-def _check_sequence(c: _Collector, keys: dict[int, X25519Key], seq: dict[str, Any]) -> None:
+def _check_sequence(c: Collector, keys: dict[int, X25519Key], seq: dict[str, Any]) -> None:
     verifier = T.TicketVerifier(keys, T.TicketConfig(**seq.get("config", {})))
     for n, chk in enumerate(seq["checks"]):
         verdict = verifier.check(chk["carrier"], chk["peer"], chk["now"])
@@ -47,7 +45,7 @@ def _check_sequence(c: _Collector, keys: dict[int, X25519Key], seq: dict[str, An
         c.same(f"check {n} accepted", verdict.accepted, chk["reason"] == "ok")
 
 
-def _check_upgrade(c: _Collector, vec: dict[str, Any]) -> None:
+def _check_upgrade(c: Collector, vec: dict[str, Any]) -> None:
     rng = SeededRandom(X(vec["seed"]))
     carriers = T.Carriers(kind=T.CarrierKind(vec["carrier"]))
     client = cover.Http1TunnelClient(
@@ -75,24 +73,23 @@ def _check_upgrade(c: _Collector, vec: dict[str, Any]) -> None:
 
 def check_tickets(doc: dict[str, Any]) -> list[Finding]:
     """Tickets from seeds, verification sequences (each refusal reason), upgrade requests."""
-    from qnet.lint.vectors import _Collector
 
     findings: list[Finding] = []
     keys = _keys(doc)
-    c = _Collector("server_keys")
+    c = Collector("server_keys")
     for k in doc["server_keys"]:
         c.same(f"key {k['key_id']} public", keys[k["key_id"]].public_bytes.hex(), k["public"])
     findings += c.findings
     for n, vec in enumerate(doc["tickets"]):
-        c = _Collector(f"ticket {n}")
+        c = Collector(f"ticket {n}")
         _check_build(c, vec)
         findings += c.findings
     for seq in doc["verify"]:
-        c = _Collector(seq["name"])
+        c = Collector(seq["name"])
         _check_sequence(c, keys, seq)
         findings += c.findings
     for vec in doc["upgrade"]:
-        c = _Collector(f"upgrade {vec['name']}")
+        c = Collector(f"upgrade {vec['name']}")
         _check_upgrade(c, vec)
         findings += c.findings
     return findings

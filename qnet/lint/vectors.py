@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from qnet.errors import CellError, PacketError
 from qnet.lint.circuit_vectors import check_circuits
 from qnet.lint.consensus_vectors import check_consensus
 from qnet.lint.dir_vectors import check_directory
+from qnet.lint.findings import Collector, Finding
 from qnet.lint.htx_vectors import check_htx_frames
 from qnet.lint.inner_vectors import check_htx_inner
 from qnet.lint.ticket_vectors import check_tickets
@@ -27,39 +27,6 @@ from qnet.routing import cells as R
 
 X = bytes.fromhex
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "spec" / "vectors"
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One disagreement between an implementation and a vector."""
-
-    vector: str
-    what: str
-
-    def __str__(self) -> str:
-        return f"{self.vector}: {self.what}"
-
-
-class _Collector:
-    def __init__(self, vector: str) -> None:
-        self.vector = vector
-        self.findings: list[Finding] = []
-
-    def same(self, what: str, got: object, want: object) -> bool:
-        if got != want:
-            self.findings.append(
-                Finding(self.vector, f"{what}: got {_short(got)}, want {_short(want)}")
-            )
-            return False
-        return True
-
-    def fail(self, what: str) -> None:
-        self.findings.append(Finding(self.vector, what))
-
-
-def _short(v: object) -> str:
-    s = v.hex() if isinstance(v, bytes) else str(v)
-    return s if len(s) <= 40 else s[:37] + "..."
 
 
 # --- Sphinx --------------------------------------------------------------------------
@@ -92,7 +59,7 @@ def _slot(j: dict[str, Any]) -> S.Slot:
     )
 
 
-def _check_steps(ctx: _SphinxContext, c: _Collector, steps: list[dict[str, Any]]) -> None:
+def _check_steps(ctx: _SphinxContext, c: Collector, steps: list[dict[str, Any]]) -> None:
     for n, step in enumerate(steps):
         try:
             result = S.unwrap(X(step["input"]), ctx.keys[step["node"]])
@@ -107,7 +74,7 @@ def _check_steps(ctx: _SphinxContext, c: _Collector, steps: list[dict[str, Any]]
             c.same(f"hop {n} {field}", got if isinstance(got, int) else got.hex(), want)
 
 
-def _check_build(ctx: _SphinxContext, c: _Collector, vec: dict[str, Any]) -> None:
+def _check_build(ctx: _SphinxContext, c: Collector, vec: dict[str, Any]) -> None:
     rng = SeededRandom(X(vec["seed"]))
     built = S.build_packet(ctx.route(vec), X(vec["message"]), rng)
     c.same("draws", [d.hex() for d in rng.draws], vec["draws"])
@@ -123,12 +90,12 @@ def check_sphinx(doc: dict[str, Any]) -> list[Finding]:
     """Every Sphinx vector: building, each hop's unwrap, SURBs, circuit set-up, negatives."""
     ctx = _SphinxContext(doc)
     findings: list[Finding] = []
-    c = _Collector("node_keys")
+    c = Collector("node_keys")
     for n, (want, key) in enumerate(zip(doc["node_keys"], ctx.keys, strict=True)):
         c.same(f"node {n} public", key.public_bytes.hex(), want["public"])
     findings += c.findings
     for vec in [*doc["forward"], doc["circuit"]]:
-        c = _Collector(vec["name"])
+        c = Collector(vec["name"])
         _check_build(ctx, c, vec)
         _check_steps(ctx, c, vec["steps"])
         findings += c.findings
@@ -139,7 +106,7 @@ def check_sphinx(doc: dict[str, Any]) -> list[Finding]:
 
 
 def _check_surb(ctx: _SphinxContext, vec: dict[str, Any]) -> list[Finding]:
-    c = _Collector(vec["name"])
+    c = Collector(vec["name"])
     rng = SeededRandom(X(vec["seed"]))
     route = S.mix_route(
         [(ctx.ids[i], ctx.keys[i].public_bytes) for i in vec["path"]],
@@ -164,7 +131,7 @@ def _check_surb(ctx: _SphinxContext, vec: dict[str, Any]) -> list[Finding]:
 
 
 def _check_negative(ctx: _SphinxContext, vec: dict[str, Any]) -> list[Finding]:
-    c = _Collector(vec["name"])
+    c = Collector(vec["name"])
     key = ctx.keys[vec["node"]]
     packet = X(vec["packet"])
     if vec.get("repeat"):
@@ -187,7 +154,7 @@ def _check_negative(ctx: _SphinxContext, vec: dict[str, Any]) -> list[Finding]:
 
 def check_cells(doc: dict[str, Any]) -> list[Finding]:
     """Layer keys, forward and backward onions, batches, Lioness, units, negatives."""
-    c = _Collector("cells")
+    c = Collector("cells")
     keys = []
     for n, h in enumerate(doc["hops"]):
         k = R.derive_layer_keys(X(h["hop_key_material"]))
