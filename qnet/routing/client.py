@@ -183,10 +183,7 @@ class ClientCircuits:
                 events.append(CellReceived(cid, cell))
             elif unit.command is UnitCommand.DESTROY:
                 del self._circuits[cid]
-                try:
-                    reason = DestroyReason(unit.body[0])
-                except ValueError:
-                    reason = DestroyReason.PROTOCOL
+                reason = DestroyReason.of_body(unit.body)
                 if circuit.state is CircuitState.OPEN:
                     events.append(CircuitClosed(cid, reason))
                 else:

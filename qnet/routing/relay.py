@@ -54,6 +54,14 @@ class DestroyReason(enum.IntEnum):
     DESTROYED = 6
     INTEGRITY = 7
 
+    @classmethod
+    def of_body(cls, body: bytes) -> DestroyReason:
+        """The reason a DESTROY body carries; an unknown value counts as ``PROTOCOL``."""
+        try:
+            return cls(body[0])
+        except ValueError:
+            return cls.PROTOCOL
+
 
 @dataclass(frozen=True, slots=True)
 class Send:
@@ -349,11 +357,7 @@ class RelayEngine:
         if circuit is None:
             self.drops["destroy_unknown"] += 1
             return []
-        try:
-            reason = DestroyReason(body[0])
-        except ValueError:
-            reason = DestroyReason.PROTOCOL
-        return self._teardown(circuit, reason, skip=(link, cid))
+        return self._teardown(circuit, DestroyReason.of_body(body), skip=(link, cid))
 
     def _relay_run(self, key: tuple[int, int], bodies: list[bytes], now: float) -> list[Action]:
         ident = self._by_prev.get(key)
