@@ -14,13 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
 from qnet.htx import fingerprint as fp
 from qnet.htx import quic_initial as qi
 from qnet.htx.errors import TemplateError
 from qnet.htx.tls import (
-    CHROME_QUIC_LAYOUT,
     CHROME_TEMPLATE,
     CHROME_WS_TEMPLATE,
     BrowserTemplate,
@@ -182,66 +180,6 @@ def test_tcp_first_flight_shape_matches_browser() -> None:
         flight = flight[5 + n :]
     for browser in ref.first_flights:
         assert tuple(recs) == browser[: len(recs)]
-
-
-def test_quic_initial_on_the_wire() -> None:
-    """Our first QUIC flight, decrypted by a UDP listener, has the template's layout."""
-    from qnet.htx.quic import dial_quic
-    from qnet.htx.transport import PeerInfo
-
-    layout = CHROME_QUIC_LAYOUT
-    ref = default_template("quic-h3")
-    assert layout is not None
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(5)
-    port = sock.getsockname()[1]
-
-    async def dial() -> None:
-        peer = PeerInfo(
-            host="127.0.0.1",
-            port=port,
-            server_name=ref.server_name,
-            link_public=bytes(32),
-            mlkem_public=bytes(1184),
-            ticket_public=bytes(32),
-            ticket_key_id=1,
-        )
-        with trio.move_on_after(1.5):
-            async with dial_quic(peer, timeout=1.2):
-                pass
-
-    threading.Thread(target=lambda: _quietly(dial), daemon=True).start()
-    datagrams = [sock.recvfrom(65536)[0] for _ in range(2)]
-    sock.close()
-    hello_bytes: dict[int, int] = {}
-    dcid = None
-    for i, d in enumerate(datagrams):
-        assert len(d) == layout.datagram_size
-        (packet,) = qi.open_initial_datagram(d)
-        dcid = dcid or packet.dcid
-        assert len(packet.dcid) == layout.dcid_length and len(packet.scid) == layout.scid_length
-        assert packet.size == len(d)  # padding inside the packet, as Chrome does
-        shape = layout.packets[i]
-        assert packet.pn_length in shape.pn_length
-        if i == 0:
-            assert packet.packet_number == layout.first_packet_number
-        crypto = [f for f in packet.frames if f.kind == "crypto"]
-        assert len(crypto) > 1 and any(f.kind == "ping" for f in packet.frames)
-        assert sum(f.kind == "padding" for f in packet.frames) >= 1
-        for f in crypto:
-            for k, b in enumerate(f.data):
-                hello_bytes[f.offset + k] = b
-    hello = bytes(hello_bytes[k] for k in range(len(hello_bytes)))
-    assert fp.ja4(hello) == ref.captured_ja4[0]
-    assert fp.ja4(hello).startswith("q13d")
-
-
-def _quietly(fn: Any) -> None:
-    try:
-        trio.run(fn)
-    except Exception:  # noqa: BLE001 - nobody answers; only the datagrams matter
-        pass
 
 
 # --- bad template files ----------------------------------------------------------------

@@ -41,6 +41,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import hpack
+
 from qnet.htx import fingerprint as fp
 from qnet.htx import quic_initial as qi
 
@@ -147,9 +149,9 @@ class TcpCapture:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        from qnet.htx.tls import HandshakeComplete, TlsConnection
+        from qnet.htx.tls import ApplicationData, HandshakeComplete, TlsConnection
 
-        record: dict[str, Any] = {"hello_records": [], "after": [], "alpn": None}
+        record: dict[str, Any] = {"hello_records": [], "after": [], "plain": [], "alpn": None}
         tls = TlsConnection(self.config, now=time.monotonic())
         buf = b""
         pending = b""
@@ -177,10 +179,15 @@ class TcpCapture:
                             hello_done = True
                     else:
                         record["after"].append([rec[0], n - 5])
+                    app = b""
                     for ev in tls.receive_data(rec):
+                        if isinstance(ev, ApplicationData):
+                            app += ev.data
                         if isinstance(ev, HandshakeComplete):
                             record["alpn"] = ev.alpn
                             deadline = time.monotonic() + self.flight_window
+                    if app:
+                        record["plain"].append(app.hex())
                     out = tls.data_to_send()
                     if out:
                         conn.sendall(out)
@@ -568,6 +575,7 @@ def derive_template(
             ),
             "first_flight": _first_flights(connections),
             "alpn_negotiated": sorted({str(c.get("alpn")) for c in connections}),
+            "http": _http_flight(kind, connections),
         }
     return template
 
@@ -580,6 +588,127 @@ def _first_flights(connections: Sequence[dict[str, Any]]) -> list[list[list[int]
         if flight and flight not in seen:
             seen.append(flight)
     return seen
+
+
+def _http_flight(kind: str, connections: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The ``records.http`` section: what Chromium wrote after its Finished, decrypted."""
+    from hyperframe.frame import Frame, HeadersFrame, SettingsFrame, WindowUpdateFrame
+
+    from qnet.htx.first_flight import H2_PREFACE, parse_http_flight
+
+    plains = [[bytes.fromhex(p) for p in c.get("plain", [])] for c in connections]
+    plains = [p for p in plains if p]
+    if not plains:
+        raise SystemExit(f"utls_gen: {kind}: no request was captured after the handshake")
+    requests: list[dict[str, Any]] = []
+    out: dict[str, Any]
+    if kind == "tcp-ws":
+        lines = {p[0].split(b"\r\n", 1)[0].decode("latin-1") for p in plains}
+        if len(lines) != 1:
+            raise SystemExit(f"utls_gen: request lines differ: {sorted(lines)}")
+        request_line = lines.pop()
+        for p in plains:
+            head = p[0].decode("latin-1").split("\r\n")[1:]
+            headers = [list(h.split(": ", 1)) for h in head if h]
+            host = next(v for k, v in headers if k.lower() == "host")
+            # The capture page is plain HTTP on another port; a site's own page
+            # would send its https origin, so that is what the template keeps.
+            length = len(p[0])
+            for h in headers:
+                if h[0].lower() == "origin":
+                    length += len(f"https://{host}") - len(h[1])
+                    h[1] = f"https://{host}"
+            if all(r["length"] != length for r in requests):
+                requests.append({"headers": headers, "length": length})
+        out = {"protocol": "http/1.1", "authority": host, "request_line": request_line}
+    else:
+        settings, updates, priorities = [], set(), set()
+        for p in plains:
+            if len(p) < 2 or not p[0].startswith(H2_PREFACE):
+                continue
+            first = p[0][len(H2_PREFACE) :]
+            frames = []
+            while len(first) >= 9:
+                f, n = Frame.parse_frame_header(memoryview(first[:9]))
+                f.parse_body(memoryview(first[9 : 9 + n]))
+                frames.append(f)
+                first = first[9 + n :]
+            for f in frames:
+                if isinstance(f, SettingsFrame):
+                    settings.append([[k, v] for k, v in f.settings.items()])
+                elif isinstance(f, WindowUpdateFrame):
+                    updates.add(f.window_increment)
+            h, n = Frame.parse_frame_header(memoryview(p[1][:9]))
+            h.parse_body(memoryview(p[1][9 : 9 + n]))
+            if not isinstance(h, HeadersFrame) or len(p[1]) != 9 + n:
+                raise SystemExit("utls_gen: the second record is not one HEADERS frame")
+            if "PRIORITY" in h.flags:
+                priorities.add((h.stream_weight + 1, h.depends_on, h.exclusive))
+            dec = hpack.Decoder()
+            dec.max_allowed_table_size = 65536
+            headers = [[str(k), str(v)] for k, v in dec.decode(bytes(h.data), raw=False)]
+            entry = {"headers": headers, "length": len(p[1])}
+            if entry not in requests:
+                requests.append(entry)
+        if not requests:
+            raise SystemExit("utls_gen: tcp-h2: no preface + HEADERS flight was captured")
+        auth = next(v for k, v in requests[0]["headers"] if k == ":authority")
+        if len(priorities) > 1:
+            raise SystemExit(f"utls_gen: HEADERS priorities differ: {sorted(priorities)}")
+        prio = next(iter(priorities), None)
+        out = {
+            "protocol": "h2",
+            "authority": auth,
+            "settings": _same_everywhere(settings, "h2 settings"),
+            "window_update": _one(updates, "connection WINDOW_UPDATE"),
+            "priority": (
+                None
+                if prio is None
+                else {"weight": prio[0], "depends_on": prio[1], "exclusive": prio[2]}
+            ),
+        }
+    out["requests"] = requests
+    flight = parse_http_flight(out)
+    seen = sorted({r["length"] for r in requests})
+    if list(flight.request_lengths(flight.authority, headed=False)) != seen:
+        raise SystemExit(f"utls_gen: {kind}: the length model does not give back {seen}")
+    return out
+
+
+def _crypto_split(connections: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How the hello's CRYPTO bytes were shared between the two Initial packets.
+
+    Chromium 156 puts a short head of the hello and its tail in the first packet
+    and the middle in the second, the two shares within a few bytes of each
+    other. Recorded as the head lengths and the share differences seen.
+    """
+    heads, diffs = set(), set()
+    for c in connections:
+        dgs = [bytes.fromhex(x) for x in c["datagrams"]]
+        if len(dgs) != 2:
+            continue
+        spans = []
+        for d in dgs:
+            covered: set[int] = set()
+            for p in qi.open_initial_datagram(d):
+                for f in p.frames:
+                    if f.kind == "crypto":
+                        covered.update(range(f.offset, f.offset + len(f.data)))
+            spans.append(covered)
+        total = len(spans[0] | spans[1])
+        second = sorted(spans[1])
+        a, b = second[0], second[-1] + 1
+        if set(range(a, b)) != spans[1] or spans[0] != set(range(a)) | set(range(b, total)):
+            raise SystemExit("utls_gen: the QUIC CRYPTO split is not head+tail / middle")
+        heads.add(a)
+        diffs.add(len(spans[1]) - len(spans[0]))
+    if not heads:
+        raise SystemExit("utls_gen: no two-packet QUIC flight to learn the CRYPTO split from")
+    return {
+        "kind": "head_tail_then_middle",
+        "head_lengths": [min(heads), max(heads)],
+        "share_differences": [min(diffs), max(diffs)],
+    }
 
 
 def _one(values: set[int], field: str) -> int:
@@ -658,6 +787,7 @@ def _quic_layout(
         ],
         "transport_parameters": params,
         "shuffle_transport_parameters": any(o != tp_orders[0] for o in tp_orders),
+        "crypto_split": _crypto_split(connections),
     }
 
 

@@ -30,6 +30,7 @@ import base64
 import enum
 import hashlib
 import posixpath
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -46,6 +47,7 @@ import h2.settings
 import h11
 
 from qnet.htx.errors import TicketError
+from qnet.htx.first_flight import HttpFlight, pick_padded_length
 from qnet.htx.ticket import DEFAULT_CARRIERS, MAX_FORM_BODY, Carriers, extract_ticket, put_ticket
 
 Rng = Callable[[int], bytes]
@@ -945,9 +947,12 @@ class H2Server:
 class Http1TunnelClient:
     """The client half of the HTTP/1.1 tunnel request.
 
-    ``request_bytes`` is the upgrade request (send it first); feed the answer to
+    ``request_bytes`` is the upgrade request (send it first, as one record of
+    ``record_length`` content bytes when that is set); feed the answer to
     ``receive_data`` until it returns a :class:`TunnelOpened`. Draws 16 bytes
-    from ``rng`` for ``Sec-WebSocket-Key``.
+    from ``rng`` for ``Sec-WebSocket-Key``. With a ``flight`` (the browser's
+    first HTTP/1.1 request, from the template) the request keeps to the headers
+    the server needs, so that padded it is exactly as long as the browser's.
     """
 
     def __init__(
@@ -959,30 +964,48 @@ class Http1TunnelClient:
         *,
         carriers: Carriers = DEFAULT_CARRIERS,
         user_agent: str = CHROME_UA,
+        flight: HttpFlight | None = None,
     ) -> None:
         self.key = base64.b64encode(rng(16)).decode("ascii")
         placed = put_ticket(ticket_value, path, carriers)
-        headers = [
-            ("Host", host),
-            ("Connection", "Upgrade"),
-            ("Pragma", "no-cache"),
-            ("Cache-Control", "no-cache"),
-            ("User-Agent", user_agent),
-            ("Upgrade", "websocket"),
-            ("Origin", f"https://{host}"),
-            ("Sec-WebSocket-Version", "13"),
-            ("Accept-Encoding", "gzip, deflate, br, zstd"),
-            ("Accept-Language", "en-US,en;q=0.9"),
-            *placed.headers,
-            ("Sec-WebSocket-Key", self.key),
-            ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),
-        ]
+        shaped = flight is not None and flight.protocol == "http/1.1" and not placed.body
+        if shaped:
+            assert flight is not None
+            headers = [
+                ("Host", host),
+                ("Connection", "Upgrade"),
+                ("Upgrade", "websocket"),
+                ("User-Agent", flight.user_agent() or user_agent),
+                ("Sec-WebSocket-Version", "13"),
+                *placed.headers,
+                ("Sec-WebSocket-Key", self.key),
+            ]
+        else:
+            headers = [
+                ("Host", host),
+                ("Connection", "Upgrade"),
+                ("Pragma", "no-cache"),
+                ("Cache-Control", "no-cache"),
+                ("User-Agent", user_agent),
+                ("Upgrade", "websocket"),
+                ("Origin", f"https://{host}"),
+                ("Sec-WebSocket-Version", "13"),
+                ("Accept-Encoding", "gzip, deflate, br, zstd"),
+                ("Accept-Language", "en-US,en;q=0.9"),
+                *placed.headers,
+                ("Sec-WebSocket-Key", self.key),
+                ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),
+            ]
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
         out = self._conn.send(h11.Request(method="GET", target=placed.target, headers=headers))
         if placed.body:
             out += self._conn.send(h11.Data(data=placed.body))
         out += self._conn.send(h11.EndOfMessage())
         self.request_bytes: bytes = out
+        self.record_length: int | None = None
+        if shaped:
+            assert flight is not None
+            self.record_length = pick_padded_length(len(out), flight.request_lengths(host), rng)
         self.opened = False
 
     def receive_data(self, data: bytes) -> TunnelOpened | None:
@@ -1019,8 +1042,12 @@ def build_upgrade_request(
 class H2TunnelClient:
     """The client half of an h2 extended-CONNECT tunnel (one tunnel per connection).
 
-    Call ``data_to_send()`` after construction (preface + SETTINGS). The CONNECT
-    goes out once the server's SETTINGS allow it. ``receive_data`` returns
+    Send ``opening_records()`` first, each as one TLS record: the preface with
+    SETTINGS, then the CONNECT's HEADERS, back to back as a browser sends its
+    preface and first request. With a ``flight`` (the browser's first h2 records,
+    from the template) the first record is byte for byte the browser's SETTINGS
+    and WINDOW_UPDATE, and the HEADERS record is padded to the length the
+    browser's request would have had. ``receive_data`` returns
     :class:`TunnelOpened`, :class:`TunnelData`, :class:`TunnelClosed` and
     :class:`ConnectionClosed`; it raises ``TicketError("refused")`` when the
     server answers anything but 200 or does not offer extended CONNECT.
@@ -1035,37 +1062,70 @@ class H2TunnelClient:
         *,
         carriers: Carriers = DEFAULT_CARRIERS,
         user_agent: str = CHROME_UA,
+        flight: HttpFlight | None = None,
+        rng: Rng | None = None,
     ) -> None:
         placed = put_ticket(ticket_value, path, carriers)
         if placed.body:
             raise ValueError("the form-body carrier does not exist on h2")
-        self._headers = [
+        shaped = flight if flight is not None and flight.protocol == "h2" else None
+        headers = [
             (":method", "CONNECT"),
             (":authority", authority),
             (":scheme", "https"),
             (":path", placed.target),
             (":protocol", "websocket"),
-            ("pragma", "no-cache"),
-            ("cache-control", "no-cache"),
-            ("user-agent", user_agent),
+            ("user-agent", (shaped.user_agent() if shaped else None) or user_agent),
             ("origin", f"https://{authority}"),
             ("sec-websocket-version", "13"),
-            ("accept-encoding", "gzip, deflate, br, zstd"),
-            ("accept-language", "en-US,en;q=0.9"),
             *((k.lower(), v) for k, v in placed.headers),
-            ("sec-websocket-extensions", "permessage-deflate; client_max_window_bits"),
         ]
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self._conn = h2.connection.H2Connection(config=config)
         self._conn.initiate_connection()
-        self.stream_id: int | None = None
+        self._records: list[tuple[bytes, int | None]] = []
+        if shaped is not None:
+            # h2 applies these when the server acknowledges the one SETTINGS we send.
+            self._conn.update_settings(dict(shaped.settings))
+            if shaped.window_update:
+                self._conn.increment_flow_control_window(shaped.window_update)
+            self._conn.clear_outbound_data_buffer()
+            self._records.append((shaped.h2_opening(), None))
+        else:
+            self._records.append((self._conn.data_to_send(), None))
+        self.stream_id: int | None = self._conn.get_next_available_stream_id()
+        prio = shaped.priority if shaped is not None else None
+        if prio is not None:
+            self._conn.send_headers(
+                self.stream_id,
+                headers,
+                priority_weight=prio.weight,
+                priority_depends_on=prio.depends_on,
+                priority_exclusive=prio.exclusive,
+            )
+        else:
+            self._conn.send_headers(self.stream_id, headers)
+        frame = self._conn.data_to_send()
+        target = None
+        if shaped is not None:
+            target = pick_padded_length(
+                len(frame), shaped.request_lengths(authority), rng or secrets.token_bytes
+            )
+        self._records.append((frame, target))
         self.opened = False
         self._out = bytearray()
         self._closed = False
 
+    def opening_records(self) -> list[tuple[bytes, int | None]]:
+        """(plaintext, padded plaintext length or None) for each of the first records."""
+        records, self._records = self._records, []
+        return records
+
     def data_to_send(self) -> bytes:
+        """Bytes to send (the opening records too, joined, if nobody took them)."""
+        opening = b"".join(data for data, _ in self.opening_records())
         self._flush()
-        return self._conn.data_to_send()
+        return opening + self._conn.data_to_send()
 
     def receive_data(self, data: bytes) -> list[Action]:
         if self._closed:
@@ -1090,11 +1150,9 @@ class H2TunnelClient:
 
     def _on_event(self, ev: h2.events.Event) -> list[Action]:
         sid = self.stream_id
-        if isinstance(ev, h2.events.RemoteSettingsChanged) and sid is None:
+        if isinstance(ev, h2.events.RemoteSettingsChanged) and not self.opened:
             if self._conn.remote_settings.enable_connect_protocol != 1:
                 raise TicketError("refused", "server does not offer extended CONNECT")
-            self.stream_id = self._conn.get_next_available_stream_id()
-            self._conn.send_headers(self.stream_id, self._headers)
             return []
         if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
             status = dict(ev.headers or []).get(b":status")

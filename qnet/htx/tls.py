@@ -29,6 +29,7 @@ The core never reads the clock: ``get_timer()`` gives the handshake deadline and
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import enum
 import hashlib
@@ -55,6 +56,7 @@ from cryptography.x509.oid import NameOID
 from qnet.crypto import primitives as prim
 from qnet.errors import CryptoError, QNetError
 from qnet.htx.errors import HtxTimeout, TemplateError, TlsError
+from qnet.htx.first_flight import HttpFlight, parse_http_flight
 
 __all__ = [
     "CHROME_QUIC_LAYOUT",
@@ -360,6 +362,8 @@ class HelloTemplate:
     # A QUIC hello: lists quic_transport_parameters (0x39), whose body the QUIC
     # connection supplies, and has an empty session id (RFC 9001 §8.4).
     quic: bool = False
+    # What the browser wrote after its Finished (TCP templates; first_flight.py).
+    http_flight: HttpFlight | None = None
 
     def __post_init__(self) -> None:
         def fail(name: str, why: str) -> None:
@@ -640,6 +644,16 @@ class TransportParameter:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CryptoSplit:
+    """How the browser shares the hello's CRYPTO bytes between its two Initial packets:
+    the first carries a head of ``head_lengths`` (min, max) bytes and the tail, the
+    second the middle; second share minus first share is in ``share_differences``."""
+
+    head_lengths: tuple[int, int]
+    share_differences: tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class QuicLayout:
     """The browser's QUIC Initial layout (spec/fingerprint.md §5)."""
 
@@ -651,6 +665,7 @@ class QuicLayout:
     packets: tuple[QuicPacketLayout, ...]
     transport_parameters: tuple[TransportParameter, ...]
     shuffle_transport_parameters: bool
+    crypto_split: CryptoSplit | None = None
 
     def parameter(self, pid: int) -> bytes | None:
         for p in self.transport_parameters:
@@ -873,7 +888,27 @@ def _parse_quic(q: _Fields) -> QuicLayout:
         packets=tuple(packets),
         transport_parameters=tuple(params),
         shuffle_transport_parameters=q.bool_("shuffle_transport_parameters"),
+        crypto_split=_parse_crypto_split(q),
     )
+
+
+def _parse_crypto_split(q: _Fields) -> CryptoSplit | None:
+    if q.get("crypto_split", None) is None:
+        return None
+    c = q.sub("crypto_split")
+    if c.str_("kind") != "head_tail_then_middle":
+        raise TemplateError(f"{c.path}.kind", "must be head_tail_then_middle")
+    pairs = []
+    for key, lo, hi in (("head_lengths", 0, 1 << 14), ("share_differences", -(1 << 14), 1 << 14)):
+        v = c.list_(key)
+        if (
+            len(v) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            or not lo <= v[0] <= v[1] <= hi  # type: ignore[operator]
+        ):
+            raise TemplateError(f"{c.path}.{key}", "must be [min, max] integers")
+        pairs.append((int(v[0]), int(v[1])))  # type: ignore[call-overload]
+    return CryptoSplit(head_lengths=pairs[0], share_differences=pairs[1])
 
 
 def parse_template(data: bytes | str) -> BrowserTemplate:
@@ -915,6 +950,10 @@ def parse_template(data: bytes | str) -> BrowserTemplate:
             ):
                 raise TemplateError(f"records.first_flight[{i}]", "must be [[type, length], ...]")
             flights.append(tuple((int(x[0]), int(x[1])) for x in fl))
+        if rec.get("http", None) is not None:
+            hello = dataclasses.replace(
+                hello, http_flight=parse_http_flight(rec.get("http"), f"{rec.path}.http")
+            )
     return BrowserTemplate(
         name=name,
         browser=browser,
@@ -1549,6 +1588,19 @@ class TlsConnection:
             self._maybe_auto_rekey()
             self._write_record(CT_APPLICATION_DATA, bytes(view[i : i + MAX_PLAINTEXT]))
 
+    def send_record(self, data: bytes, pad_to: int | None = None) -> None:
+        """Queue ``data`` as exactly one application-data record; with ``pad_to``, zero
+        padding (RFC 8446 §5.4) makes its content ``pad_to`` bytes long, so the record
+        is ``pad_to + 17`` bytes. Raises ``ValueError`` when that does not fit."""
+        if self._state is not _State.OPEN or self._sent_close:
+            raise TlsStateError(f"cannot send application data in state {self._state.value}")
+        pad = 0 if pad_to is None else pad_to - len(data)
+        if pad < 0 or len(data) + pad > MAX_PLAINTEXT:
+            raise ValueError(f"{len(data)} bytes cannot be padded to {pad_to}")
+        self._maybe_auto_rekey()
+        assert self._write_epoch is not None
+        self._seal(self._write_keys[self._write_epoch], CT_APPLICATION_DATA, data, pad)
+
     def key_update(self, request_peer: bool = True) -> None:
         """Send a KeyUpdate and switch our sending key (RFC 8446 §4.6.3)."""
         if self._state is not _State.OPEN or self._sent_close:
@@ -1787,8 +1839,8 @@ class TlsConnection:
         for i in range(0, len(data), MAX_PLAINTEXT):
             self._seal(self._write_keys[epoch], CT_HANDSHAKE, data[i : i + MAX_PLAINTEXT])
 
-    def _seal(self, key: _RecordKey, ctype: int, content: bytes) -> None:
-        inner = content + bytes([ctype])
+    def _seal(self, key: _RecordKey, ctype: int, content: bytes, pad: int = 0) -> None:
+        inner = content + bytes([ctype]) + bytes(pad)
         header = _HEADER.pack(CT_APPLICATION_DATA, TLS12, len(inner) + TAG_LEN)
         self._out += header
         self._out += key.seal(header, inner)

@@ -29,6 +29,7 @@ import trio
 from qnet.crypto.primitives import MLKEM768Key, X25519Key, random_bytes
 from qnet.htx import cover
 from qnet.htx.errors import HandshakeError, HtxTimeout, TicketError, TlsError
+from qnet.htx.first_flight import HttpFlight
 from qnet.htx.inner import EXPORTER_LABEL, Finished, InnerInitiator, InnerResponder
 from qnet.htx.session import (
     HtxConfig,
@@ -41,6 +42,7 @@ from qnet.htx.session import (
 )
 from qnet.htx.ticket import TicketConfig, TicketVerifier, build_ticket
 from qnet.htx.tls import (
+    MAX_PLAINTEXT,
     ApplicationData,
     CertificateKey,
     HandshakeComplete,
@@ -172,6 +174,14 @@ class _Wire:
             if self.tls.handshake_complete:
                 return
             raise
+
+    def queue_record(self, data: bytes, pad_to: int | None) -> None:
+        """Queue ``data`` as one record whose content is padded to ``pad_to`` bytes
+        (a browser's first-flight length); unpadded when that is ``None``."""
+        if len(data) > MAX_PLAINTEXT:
+            self.queue_app(data)
+        else:
+            self.tls.send_record(data, pad_to)
 
     async def flush(self) -> None:
         async with self._send_lock:
@@ -550,7 +560,9 @@ async def dial_tcp(
     try:
         try:
             with trio.fail_after(timeout):
-                link = await _client_handshake(wire, peer, static_private, session_config)
+                link = await _client_handshake(
+                    wire, peer, static_private, session_config, config.template.http_flight
+                )
         except trio.TooSlowError as exc:
             raise HtxTimeout("HTX handshake timed out") from exc
     except BaseException:
@@ -565,22 +577,30 @@ async def dial_tcp(
 
 
 async def _client_handshake(
-    wire: _Wire, peer: PeerInfo, static_private: bytes | None, config: HtxConfig | None
+    wire: _Wire,
+    peer: PeerInfo,
+    static_private: bytes | None,
+    config: HtxConfig | None,
+    flight: HttpFlight | None,
 ) -> HtxLink:
     done = await wire.handshake()
     exporter = wire.tls.exporter(EXPORTER_LABEL, b"", 32)
     ticket = build_ticket(peer.ticket_public, peer.ticket_key_id, time.time(), random_bytes)
-    read_ahead = await _open_client_tunnel(wire, done.alpn, peer, ticket)
+    read_ahead = await _open_client_tunnel(wire, done.alpn, peer, ticket, flight)
 
     return await run_inner_client(wire, peer, exporter, static_private, config, read_ahead)
 
 
-async def _open_client_tunnel(wire: _Wire, alpn: str | None, peer: PeerInfo, ticket: str) -> bytes:
-    """Send the tunnel request and wait for the answer; returns tunnel read-ahead."""
+async def _open_client_tunnel(
+    wire: _Wire, alpn: str | None, peer: PeerInfo, ticket: str, flight: HttpFlight | None
+) -> bytes:
+    """Send the tunnel request, shaped like the browser's first records when the
+    template has them (``flight``), and wait for the answer; returns read-ahead."""
     authority = peer.server_name if peer.port == 443 else f"{peer.server_name}:{peer.port}"
     if alpn == "h2":
-        client = cover.H2TunnelClient(authority, peer.path, ticket)
-        wire.queue_app(client.data_to_send())
+        client = cover.H2TunnelClient(authority, peer.path, ticket, flight=flight)
+        for data, length in client.opening_records():
+            wire.queue_record(data, length)
         await wire.flush()
         early = bytearray()
         while not client.opened:
@@ -594,8 +614,8 @@ async def _open_client_tunnel(wire: _Wire, alpn: str | None, peer: PeerInfo, tic
             await wire.flush()
         wire.tunnel = _H2ClientTunnel(client)
         return bytes(early)
-    h1 = cover.Http1TunnelClient(authority, peer.path, ticket, random_bytes)
-    wire.queue_app(h1.request_bytes)
+    h1 = cover.Http1TunnelClient(authority, peer.path, ticket, random_bytes, flight=flight)
+    wire.queue_record(h1.request_bytes, h1.record_length)
     await wire.flush()
     while True:
         app = await wire.read_app()
