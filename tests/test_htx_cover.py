@@ -382,12 +382,13 @@ def test_h2_get_and_large_body_flow_control() -> None:
     assert headers[b":status"] == b"404"
 
 
-def test_h2_advertises_extended_connect() -> None:
+def test_h2_settings_do_not_announce_extended_connect() -> None:
+    """Like a stock web server; our tunnel client does not need the announcement."""
     server = C.H2Server()
     client = h2_client()
     server.receive_data(client.data_to_send(), NOW)
     client.receive_data(server.data_to_send())
-    assert client.remote_settings.enable_connect_protocol == 1
+    assert client.remote_settings.enable_connect_protocol == 0
 
 
 def h2_tunnel_pair(
@@ -462,11 +463,14 @@ def test_h2_refused_and_identical_except_date() -> None:
         h2_tunnel_pair(bad, v)
 
 
-def test_h2_client_refuses_server_without_extended_connect() -> None:
+def test_h2_client_refuses_a_plain_web_server() -> None:
+    """A server that knows nothing of tunnels answers the CONNECT with 405: refused."""
     client = C.H2TunnelClient("example.org", "/", "abc")
     plain = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
     plain.initiate_connection()
-    plain.receive_data(client.data_to_send())
+    for ev in plain.receive_data(client.data_to_send()):
+        if isinstance(ev, h2.events.RequestReceived) and ev.stream_id is not None:
+            plain.send_headers(ev.stream_id, [(":status", "405")], end_stream=True)
     with pytest.raises(TicketError):
         client.receive_data(plain.data_to_send())
 

@@ -656,7 +656,9 @@ def _h2_server_settings(max_header_list: int) -> dict[h2.settings.SettingCodes, 
         c.INITIAL_WINDOW_SIZE: 65536,
         c.MAX_FRAME_SIZE: 16384,
         c.MAX_HEADER_LIST_SIZE: max_header_list,
-        c.ENABLE_CONNECT_PROTOCOL: 1,
+        # No ENABLE_CONNECT_PROTOCOL: a stock web server does not announce it, and
+        # our clients send the CONNECT before any SETTINGS arrive (as a browser
+        # sends its first request), so they never wait for it.
     }
 
 
@@ -1050,8 +1052,9 @@ class H2TunnelClient:
     browser's request would have had. ``receive_data`` returns
     :class:`TunnelOpened`, :class:`TunnelData`, :class:`TunnelClosed` and
     :class:`ConnectionClosed`; it raises ``TicketError("refused")`` when the
-    server answers anything but 200 or does not offer extended CONNECT.
-    Only cookie and query carriers exist on h2.
+    server answers anything but 200. The server is not asked to announce
+    SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441 wants it; a web server that does
+    is a tell). Only cookie and query carriers exist on h2.
     """
 
     def __init__(
@@ -1150,10 +1153,6 @@ class H2TunnelClient:
 
     def _on_event(self, ev: h2.events.Event) -> list[Action]:
         sid = self.stream_id
-        if isinstance(ev, h2.events.RemoteSettingsChanged) and not self.opened:
-            if self._conn.remote_settings.enable_connect_protocol != 1:
-                raise TicketError("refused", "server does not offer extended CONNECT")
-            return []
         if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
             status = dict(ev.headers or []).get(b":status")
             if status != b"200":
