@@ -13,6 +13,13 @@ an HTTP/3 web server for its cover site.
 
 aioquic is pinned at 1.7.2. Every reach into its QUIC internals is in this module
 and marked "aioquic 1.7.2 internal"; the TLS engine's are in ``qnet/htx/tls.py``.
+
+The client's Initial packets are rewritten to look like Chromium's (anyone can
+decrypt an Initial, so their inside is part of the fingerprint): the first
+flight gets Chromium's share of the hello between its two packets, which means
+moving CRYPTO bytes from one packet to the other; aioquic's records of what each
+packet carried are changed to match, or its loss recovery would retransmit the
+wrong bytes. Later Initials keep their bytes and are only re-laid out.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from aioquic.quic.packet import (
     encode_quic_version_negotiation,
     pull_quic_header,
 )
+from aioquic.tls import Epoch
 
 from qnet.crypto.primitives import random_bytes
 from qnet.htx import cover
@@ -58,6 +66,7 @@ from qnet.htx.tls import (
     CHROME_QUIC_LAYOUT,
     CHROME_QUIC_TEMPLATE,
     QuicLayout,
+    QuicPacketLayout,
     TlsClientConfig,
     TlsServerConfig,
     TlsStateError,
@@ -107,6 +116,13 @@ class _Quic(QuicConnection):
       ``_replenish_connection_ids`` issues nothing when our id is empty (RFC 9000
       §5.1.1: a zero-length id cannot be changed); ``datagrams_to_send`` passes
       every Initial-only datagram through ``_reshape`` (``quic_initial.relayout``).
+    * With a layout that has ``crypto_split``, the first flight (two datagrams,
+      one Initial each, CRYPTO [0, x) and [x, L)) goes through
+      ``_split_first_flight`` instead: the CRYPTO bytes are redistributed
+      (head + tail, then middle) and the CRYPTO delivery handlers of the two
+      records in ``_spaces[INITIAL].sent_packets`` are rewritten to the new
+      ranges (``sent_bytes`` stays aioquic's). Anything unexpected: the
+      per-packet ``_reshape``.
     """
 
     def __init__(
@@ -120,6 +136,7 @@ class _Quic(QuicConnection):
         self._qnet_tls_config = tls_config
         self._qnet_layout = layout if configuration.is_client else None
         self._qnet_initials = 0
+        self._qnet_first_flight = False
         super().__init__(
             configuration=configuration,
             original_destination_connection_id=original_destination_connection_id,
@@ -147,27 +164,123 @@ class _Quic(QuicConnection):
         out = super().datagrams_to_send(now)
         if self._qnet_layout is None:
             return out
+        if out and not self._qnet_first_flight:
+            self._qnet_first_flight = True
+            try:
+                split = self._split_first_flight(out)
+            except (ValueError, qi.QuicInitialError):
+                split = None
+            if split is not None:
+                return split
         return [(self._reshape(data), addr) for data, addr in out]
+
+    def _sole_initial(self, datagram: bytes) -> qi.InitialPacket | None:
+        """The datagram's Initial packet if it is the only packet and holds only
+        CRYPTO (at least one), PING and PADDING frames; else None."""
+        assert self._qnet_odcid is not None
+        if not datagram or datagram[0] & 0xF0 != 0xC0:
+            return None
+        try:
+            packets = qi.open_initial_datagram(datagram, dcid=self._qnet_odcid)
+        except qi.QuicInitialError:
+            return None
+        if len(packets) != 1 or any(datagram[packets[0].size :]):
+            return None
+        frames = packets[0].frames
+        if not any(f.kind == "crypto" for f in frames) or any(
+            f.kind not in ("crypto", "padding", "ping") for f in frames
+        ):
+            return None
+        return packets[0]
+
+    def _split_first_flight(
+        self, out: list[tuple[bytes, NetworkAddress]]
+    ) -> list[tuple[bytes, NetworkAddress]] | None:
+        """The first flight with the hello's bytes shared between its two Initial
+        packets as the template's ``crypto_split`` says, and aioquic's records of
+        the two packets changed to match; None (nothing changed) unless the
+        flight is exactly two one-packet datagrams with [0, x) and [x, L) of a
+        complete hello and the re-laid-out packets fit.
+
+        aioquic 1.7.2 internals: ``_spaces[INITIAL].sent_packets[pn].delivery_handlers``
+        holds ``(sender.on_data_delivery, (start, stop, fin))`` per CRYPTO frame,
+        ``sender`` being ``_crypto_streams[INITIAL].sender``; on ACK or loss
+        the handler marks exactly those bytes acknowledged or pending again, so
+        they must name the bytes the packet really carried.
+        """
+        layout = self._qnet_layout
+        assert layout is not None
+        split = layout.crypto_split
+        if split is None or len(out) != 2 or out[0][1] != out[1][1]:
+            return None
+        packets = [self._sole_initial(data) for data, _ in out]
+        if packets[0] is None or packets[1] is None:
+            return None
+        first, second = packets[0], packets[1]
+        crypto = [f for p in (first, second) for f in p.frames if f.kind == "crypto"]
+        have = [qi.crypto_ranges(first.frames), qi.crypto_ranges(second.frames)]
+        if len(have[0]) != 1 or len(have[1]) != 1 or have[0][0][0] != 0:
+            return None
+        x, length = have[0][0][1], have[1][0][1]
+        if have[1][0][0] != x:
+            return None
+        (hello,) = qi.cut_crypto(crypto, [(0, 4)])
+        if hello.data[0] != 1 or 4 + int.from_bytes(hello.data[1:4], "big") != length:
+            return None  # not one whole ClientHello
+        # aioquic 1.7.2 internal: the sent-packet records (see the docstring).
+        space = self._spaces[Epoch.INITIAL]
+        sender = self._crypto_streams[Epoch.INITIAL].sender
+        deliver = sender.on_data_delivery
+        records = [space.sent_packets.get(p.packet_number) for p in (first, second)]
+        for record, ranges in zip(records, have, strict=True):
+            if record is None:
+                return None  # already acknowledged or lost
+            carried = [args for handler, args in record.delivery_handlers if handler == deliver]
+            if carried != [(start, stop, False) for start, stop in ranges]:
+                return None
+        head_tail, middle = qi.draw_head_tail_split(
+            length,
+            head_lengths=split.head_lengths,
+            share_differences=split.share_differences,
+            rng=random_bytes,
+        )
+        shapes = layout.packets[0], layout.packets[min(1, len(layout.packets) - 1)]
+        built = [
+            self._layout_packet(first, qi.cut_crypto(crypto, head_tail), shapes[0]),
+            self._layout_packet(second, qi.cut_crypto(crypto, middle), shapes[1]),
+        ]
+        if built[0] is None or built[1] is None:
+            return None
+        # Nothing can fail from here: commit.
+        self._qnet_initials += 2
+        for record, ranges in zip(records, (head_tail, middle), strict=True):
+            assert record is not None
+            record.delivery_handlers = [
+                (handler, args) for handler, args in record.delivery_handlers if handler != deliver
+            ] + [(deliver, (start, stop, False)) for start, stop in ranges]
+        return [(built[0], out[0][1]), (built[1], out[1][1])]
 
     def _reshape(self, datagram: bytes) -> bytes:
         """One client Initial packet carrying CRYPTO, re-laid out per the template
         (same packet number, same CRYPTO bytes); anything else passes unchanged."""
         layout = self._qnet_layout
-        assert layout is not None and self._qnet_odcid is not None
-        if not datagram or datagram[0] & 0xF0 != 0xC0:
-            return datagram
-        try:
-            packets = qi.open_initial_datagram(datagram, dcid=self._qnet_odcid)
-        except qi.QuicInitialError:
-            return datagram
-        if len(packets) != 1 or any(datagram[packets[0].size :]):
-            return datagram
-        packet = packets[0]
-        crypto = [f for f in packet.frames if f.kind == "crypto"]
-        if not crypto or any(f.kind not in ("crypto", "padding", "ping") for f in packet.frames):
+        assert layout is not None
+        packet = self._sole_initial(datagram)
+        if packet is None:
             return datagram
         shape = layout.packets[min(self._qnet_initials, len(layout.packets) - 1)]
         self._qnet_initials += 1
+        crypto = [f for f in packet.frames if f.kind == "crypto"]
+        built = self._layout_packet(packet, crypto, shape)
+        return datagram if built is None else built
+
+    def _layout_packet(
+        self, packet: qi.InitialPacket, crypto: list[qi.Frame], shape: QuicPacketLayout
+    ) -> bytes | None:
+        """``packet`` (its header and number) carrying ``crypto``, laid out per
+        ``shape`` to the template's datagram size; None if it cannot fit."""
+        layout = self._qnet_layout
+        assert layout is not None and self._qnet_odcid is not None
 
         def pick(values: tuple[int, ...]) -> int:
             return values[int.from_bytes(random_bytes(2), "big") % len(values)]
@@ -200,7 +313,7 @@ class _Quic(QuicConnection):
                 elif pings > 0:
                     pings -= 1
                 else:
-                    return datagram  # cannot fit: send aioquic's packet as built
+                    return None  # cannot fit
         return qi.protect_initial(
             keys=qi.initial_keys(self._qnet_odcid),
             dcid=packet.dcid,

@@ -7,10 +7,15 @@ AES-128-GCM with the header (through the packet number) as associated data, and
 header protection is AES-128-ECB over a 16-byte sample of the ciphertext.
 
 Used three ways: the template generator decrypts the browser's Initials; the
-tests decrypt ours; and the QUIC client (``qnet/htx/quic.py``) re-lays out the
-frames of its first Initial packets to follow a template (``relayout``),
-keeping each packet's number and the CRYPTO bytes it carries, so aioquic's loss
-recovery sees exactly the packets it built. Nothing here imports aioquic.
+tests decrypt ours; and the QUIC client (``qnet/htx/quic.py``) rewrites its
+first flight to look like Chromium's. Anyone holding the first DCID can decrypt
+Initials, so their inside is as visible as a TCP ClientHello: which hello bytes
+go into which packet (``draw_head_tail_split``: head and tail in the first,
+the middle in the second, near-equal shares) and how each packet's CRYPTO bytes
+are cut and mixed with PING and PADDING (``relayout``). Packet numbers are
+kept, and the pure range helpers (``crypto_ranges``, ``cut_crypto``) let the
+caller tell aioquic's loss recovery exactly which bytes each packet holds.
+Nothing here imports aioquic.
 """
 
 from __future__ import annotations
@@ -33,13 +38,20 @@ __all__ = [
     "InitialKeys",
     "InitialPacket",
     "QuicInitialError",
+    "Range",
+    "crypto_ranges",
+    "cut_crypto",
     "decode_frames",
+    "draw_head_tail_split",
     "encode_frames",
+    "head_tail_split",
+    "header_size",
     "initial_keys",
     "open_initial_datagram",
     "protect_initial",
     "pull_varint",
     "push_varint",
+    "relayout",
 ]
 
 QUIC_V1: Final = 0x00000001
@@ -325,6 +337,14 @@ def protect_initial(
 
 # --- layout ----------------------------------------------------------------------------
 
+#: A half-open range [start, stop) of CRYPTO stream offsets.
+Range = tuple[int, int]
+
+
+def _uniform(rng: Callable[[int], bytes], n: int) -> int:
+    """A number in [0, n) from ``rng`` (4 bytes: modulo bias below 2**-20 for n < 4096)."""
+    return int.from_bytes(rng(4), "big") % n if n > 1 else 0
+
 
 def header_size(dcid: bytes, scid: bytes, token: bytes, pn_length: int) -> int:
     return (
@@ -341,6 +361,84 @@ def header_size(dcid: bytes, scid: bytes, token: bytes, pn_length: int) -> int:
     )
 
 
+def crypto_ranges(frames: Sequence[Frame]) -> list[Range]:
+    """The CRYPTO offsets ``frames`` carry, as sorted, merged ranges."""
+    spans = sorted((f.offset, f.offset + len(f.data)) for f in frames if f.kind == "crypto")
+    out: list[Range] = []
+    for start, stop in spans:
+        if stop <= start:
+            continue
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], stop))
+        else:
+            out.append((start, stop))
+    return out
+
+
+def cut_crypto(frames: Sequence[Frame], ranges: Sequence[Range]) -> list[Frame]:
+    """One CRYPTO frame per non-empty range, its bytes taken from ``frames``.
+
+    Raises ``ValueError`` if a byte of a range is in none of the CRYPTO frames."""
+    crypto = sorted((f for f in frames if f.kind == "crypto" and f.data), key=lambda f: f.offset)
+    out: list[Frame] = []
+    for start, stop in ranges:
+        if stop < start or start < 0:
+            raise ValueError(f"bad range [{start}, {stop})")
+        chunks: list[bytes] = []
+        pos = start
+        for f in crypto:
+            end = f.offset + len(f.data)
+            if pos >= stop:
+                break
+            if f.offset <= pos < end:
+                take = min(stop, end)
+                chunks.append(f.data[pos - f.offset : take - f.offset])
+                pos = take
+        if pos < stop:
+            raise ValueError(f"CRYPTO byte {pos} is in no frame")
+        if stop > start:
+            out.append(Frame("crypto", offset=start, data=b"".join(chunks)))
+    return out
+
+
+def head_tail_split(length: int, *, head: int, difference: int) -> tuple[list[Range], list[Range]]:
+    """Chromium's share of a CRYPTO stream [0, ``length``) between two Initial packets.
+
+    The first packet carries the head [0, head) and the tail [b, length), the
+    second the middle [head, b); the second share is ``difference`` bytes longer
+    than the first, or ``difference + 1`` when ``length - difference`` is odd.
+    Raises ``ValueError`` unless the head and the tail are both non-empty."""
+    first = (length - difference) // 2
+    second = length - first
+    if not 0 < head < first or second <= 0:
+        raise ValueError(f"no head/tail split of {length} bytes with head {head}")
+    b = head + second
+    return [(0, head), (b, length)], [(head, b)]
+
+
+def draw_head_tail_split(
+    length: int,
+    *,
+    head_lengths: Range,
+    share_differences: Range,
+    rng: Callable[[int], bytes],
+) -> tuple[list[Range], list[Range]]:
+    """``head_tail_split`` with the head drawn uniformly in ``head_lengths`` and the
+    difference in ``share_differences`` (both inclusive [min, max]).
+
+    Only a difference of the parity of ``length`` can be exact (the two shares
+    sum to ``length``), so the draw is among those; if the range holds none
+    (a single value of the other parity), the second share is one byte longer.
+    Raises ``ValueError`` when the split does not fit ``length``."""
+    (h_lo, h_hi), (d_lo, d_hi) = head_lengths, share_differences
+    if h_lo > h_hi or d_lo > d_hi:
+        raise ValueError("empty range")
+    head = h_lo + _uniform(rng, h_hi - h_lo + 1)
+    exact = [d for d in range(d_lo, d_hi + 1) if (length - d) % 2 == 0]
+    difference = exact[_uniform(rng, len(exact))] if exact else d_lo
+    return head_tail_split(length, head=head, difference=difference)
+
+
 def relayout(
     crypto: Sequence[Frame],
     *,
@@ -353,16 +451,18 @@ def relayout(
     """Chrome-style CRYPTO layout of one packet's payload (``room`` bytes in all).
 
     The CRYPTO bytes of ``crypto`` (contiguous or not) are cut into ``fragments``
-    pieces, shuffled, and mixed with ``pings`` PING frames and ``padding_runs``
-    PADDING runs; the payload is filled to exactly ``room`` bytes with padding.
-    Raises ``ValueError`` if the frames do not fit.
+    pieces (fewer only if the bytes run out; more if ``crypto`` already has
+    more), shuffled, and mixed with ``pings`` PING frames and ``padding_runs``
+    PADDING runs, each run between frames, no two adjacent (fewer runs only when
+    the spare bytes or the gaps between frames run out); the payload is filled
+    to exactly ``room`` bytes. Raises ``ValueError`` if the frames do not fit.
     """
 
     def rand(n: int) -> int:
-        return int.from_bytes(rng(4), "big") % n if n > 1 else 0
+        return _uniform(rng, n)
 
     # Cut each contiguous CRYPTO frame; the cuts go to the longest pieces.
-    pieces = [f for f in crypto if f.data]
+    pieces = [f for f in crypto if f.kind == "crypto" and f.data]
     while len(pieces) < fragments:
         pieces.sort(key=lambda f: -len(f.data))
         big = pieces[0]
@@ -381,29 +481,25 @@ def relayout(
     spare = room - used
     if spare < 0:
         raise ValueError("frames do not fit the packet")
-    runs = min(padding_runs, spare)
+    runs = min(padding_runs, spare, len(items) + 1)
     if runs <= 0:
         if spare:
             items.append(Frame("padding", size=spare))
         return items
-    # Split the spare bytes into ``runs`` runs placed between frames.
+    # Split the spare bytes into ``runs`` runs, each in its own gap between frames
+    # (distinct gaps, so that no two runs merge into one on the wire).
     sizes = [1] * runs
     for _ in range(spare - runs):
         sizes[rand(runs)] += 1
-    slots = sorted(rand(len(items) + 1) for _ in range(runs))
+    gaps = list(range(len(items) + 1))
+    for i in range(runs):
+        j = i + rand(len(gaps) - i)
+        gaps[i], gaps[j] = gaps[j], gaps[i]
+    at = dict(zip(sorted(gaps[:runs]), sizes, strict=True))
     out: list[Frame] = []
-    k = 0
     for idx in range(len(items) + 1):
-        while k < runs and slots[k] == idx:
-            out.append(Frame("padding", size=sizes[k]))
-            k += 1
+        if idx in at:
+            out.append(Frame("padding", size=at[idx]))
         if idx < len(items):
             out.append(items[idx])
-    # Adjacent padding runs would read back as one; merge them.
-    merged: list[Frame] = []
-    for f in out:
-        if merged and f.kind == "padding" and merged[-1].kind == "padding":
-            merged[-1] = Frame("padding", size=merged[-1].size + f.size)
-        else:
-            merged.append(f)
-    return merged
+    return out

@@ -1,0 +1,401 @@
+"""QUIC Initial layout against the captured Chromium template (issue 7; spec/fingerprint.md §5).
+
+Our first QUIC flight is captured by a UDP listener on loopback, decrypted with
+the RFC 9001 Initial keys, and compared with ``spec/templates/*quic-h3.json``:
+per packet, the CRYPTO byte ranges (Chromium's head + tail, then middle), the
+fragment/PING/PADDING counts and the packet-number length. Moving hello bytes
+between packets must not break aioquic's loss recovery: a handshake through a
+proxy that drops either first datagram still completes. The sans-I/O range and
+layout helpers are checked on their own with hypothesis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+from aioquic.tls import Epoch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_htx_transport import Node, echo, roundtrip
+
+from qnet.htx import fingerprint as fp
+from qnet.htx import quic as Q
+from qnet.htx import quic_initial as qi
+from qnet.htx.tls import (
+    CHROME_QUIC_LAYOUT,
+    CHROME_QUIC_TEMPLATE,
+    CryptoSplit,
+    QuicLayout,
+    TlsClientConfig,
+    default_template,
+)
+from qnet.htx.transport import PeerInfo
+
+Ranges = list[qi.Range]
+
+
+def _layout() -> QuicLayout:
+    layout = CHROME_QUIC_LAYOUT
+    assert layout is not None and layout.crypto_split is not None
+    return layout
+
+
+def _within(value: int, bounds: tuple[int, int]) -> bool:
+    return bounds[0] <= value <= bounds[1]
+
+
+def _share(ranges: Ranges) -> int:
+    return sum(stop - start for start, stop in ranges)
+
+
+# --- on the wire -------------------------------------------------------------------------
+
+
+async def _first_flight() -> list[bytes]:
+    """The first two datagrams ``dial_quic`` sends to a silent UDP port."""
+    ref = default_template("quic-h3")
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        await sock.bind(("127.0.0.1", 0))
+        peer = PeerInfo(
+            host="127.0.0.1",
+            port=sock.getsockname()[1],
+            server_name=ref.server_name,
+            link_public=bytes(32),
+            mlkem_public=bytes(1184),
+            ticket_public=bytes(32),
+            ticket_key_id=1,
+        )
+
+        async def dial() -> None:
+            async with Q.dial_quic(peer, timeout=5):
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(dial)
+            with trio.fail_after(5):
+                datagrams = [(await sock.recvfrom(65536))[0] for _ in range(2)]
+            nursery.cancel_scope.cancel()
+    return datagrams
+
+
+def test_quic_initial_on_the_wire() -> None:
+    """Ten first flights, decrypted: Chromium's CRYPTO split and per-packet layout."""
+    layout = _layout()
+    split = layout.crypto_split
+    assert split is not None
+    ref = default_template("quic-h3")
+
+    async def main() -> list[list[bytes]]:
+        return [await _first_flight() for _ in range(10)]
+
+    heads: set[int] = set()
+    for datagrams in trio.run(main):
+        packets = []
+        for i, d in enumerate(datagrams):
+            assert len(d) == layout.datagram_size
+            (packet,) = qi.open_initial_datagram(d)
+            assert packet.size == len(d)  # padding inside the packet, as Chrome does
+            assert len(packet.dcid) == layout.dcid_length
+            assert len(packet.scid) == layout.scid_length
+            assert packet.packet_number == layout.first_packet_number + i
+            packets.append(packet)
+            shape = layout.packets[i]
+            kinds = [f.kind for f in packet.frames]
+            assert set(kinds) <= {"crypto", "ping", "padding"}
+            assert packet.pn_length in shape.pn_length
+            # Exact: the share (at most ~1,000 bytes) leaves >150 spare bytes in the
+            # 1,250-byte datagram for the largest counts, so ``relayout`` never has
+            # to fall back to fewer fragments or PINGs, and it puts each PADDING
+            # run in its own gap between frames, so no two runs merge.
+            assert kinds.count("crypto") in shape.crypto_frames
+            assert kinds.count("ping") in shape.pings
+            assert kinds.count("padding") in shape.padding_runs
+        first, second = (qi.crypto_ranges(p.frames) for p in packets)
+        assert len(first) == 2 and len(second) == 1, (first, second)
+        (zero, a), (b, length) = first
+        assert zero == 0 and second == [(a, b)]
+        assert _within(a, split.head_lengths), first
+        assert _within(_share(second) - _share(first), split.share_differences)
+        heads.add(a)
+        crypto = [f for p in packets for f in p.frames if f.kind == "crypto"]
+        (whole,) = qi.cut_crypto(crypto, [(0, length)])
+        assert whole.data[0] == 1 and 4 + int.from_bytes(whole.data[1:4], "big") == length
+        assert fp.ja4(whole.data) == ref.captured_ja4[0]
+        assert fp.ja4(whole.data).startswith("q13d")
+    assert len(heads) > 1  # the head length is drawn per connection
+
+
+def _client(layout: QuicLayout | None) -> Q._Quic:
+    config = TlsClientConfig(
+        server_name="www.example.com", template=CHROME_QUIC_TEMPLATE, alpn=(Q.ALPN,)
+    )
+    quic = Q._Quic(
+        tls_config=config,
+        configuration=Q._client_configuration("www.example.com", layout),
+        layout=layout,
+    )
+    quic.connect(("127.0.0.1", 9), now=0.0)
+    return quic
+
+
+def _records(quic: Q._Quic) -> dict[int, tuple[int, Ranges]]:
+    """pn -> (sent_bytes, CRYPTO ranges its delivery handlers name), from aioquic's
+    sent-packet records (aioquic 1.7.2 internals)."""
+    sender = quic._crypto_streams[Epoch.INITIAL].sender
+    out: dict[int, tuple[int, Ranges]] = {}
+    for pn, record in quic._spaces[Epoch.INITIAL].sent_packets.items():
+        ranges = [
+            (args[0], args[1])
+            for handler, args in record.delivery_handlers
+            if handler == sender.on_data_delivery
+        ]
+        out[pn] = (record.sent_bytes, sorted(ranges))
+    return out
+
+
+def test_first_flight_records_name_the_moved_bytes() -> None:
+    """aioquic's records of the two packets name exactly the CRYPTO bytes each carries."""
+    for _ in range(5):
+        quic = _client(_layout())
+        datagrams = quic.datagrams_to_send(0.0)
+        assert len(datagrams) == 2  # aioquic builds the whole first flight in one call
+        records = _records(quic)
+        for data, _ in datagrams:
+            (packet,) = qi.open_initial_datagram(data)
+            sent_bytes, ranges = records[packet.packet_number]
+            assert ranges == qi.crypto_ranges(packet.frames)
+        pns = sorted(records)
+        assert len(records[pns[0]][1]) == 2 and len(records[pns[1]][1]) == 1
+        assert records[pns[0]][0] == Q.MIN_INITIAL_DATAGRAM  # sent_bytes stays aioquic's
+
+
+@pytest.mark.parametrize(
+    "split",
+    [None, CryptoSplit(head_lengths=(5000, 5000), share_differences=(4, 5))],
+    ids=["no-split", "split-does-not-fit"],
+)
+def test_first_flight_falls_back_to_per_packet_layout(split: CryptoSplit | None) -> None:
+    """Without a (fitting) split, each packet keeps aioquic's bytes and records."""
+    quic = _client(dataclasses.replace(_layout(), crypto_split=split))
+    datagrams = quic.datagrams_to_send(0.0)
+    records = _records(quic)
+    got = []
+    for data, _ in datagrams:
+        assert len(data) == _layout().datagram_size
+        (packet,) = qi.open_initial_datagram(data)
+        got.append(qi.crypto_ranges(packet.frames))
+        assert records[packet.packet_number][1] == got[-1]
+    assert got[0][0][0] == 0 and len(got[0]) == 1 and got[1][0][0] == got[0][0][1]
+
+
+# --- loss recovery through a dropping proxy -----------------------------------------------
+
+
+@asynccontextmanager
+async def _serving(node: Node) -> AsyncIterator[int]:
+    async with trio.open_nursery() as nursery:
+        sock = await nursery.start(Q.serve_quic, echo, node.config)
+        yield sock.getsockname()[1]
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _dropping_proxy(
+    server_port: int, drop: Callable[[int], bool], seen: list[bytes]
+) -> AsyncIterator[int]:
+    """A loopback UDP relay; client datagram number ``n`` (from 0) is not forwarded if
+    ``drop(n)``. Every client datagram is appended to ``seen``."""
+    front = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    back = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with front, back:
+        await front.bind(("127.0.0.1", 0))
+        await back.bind(("127.0.0.1", 0))
+        client: list[tuple[str, int]] = []
+
+        async def up() -> None:
+            while True:
+                data, addr = await front.recvfrom(65536)
+                client[:] = [addr]
+                seen.append(data)
+                if not drop(len(seen) - 1):
+                    await back.sendto(data, ("127.0.0.1", server_port))
+
+        async def down() -> None:
+            while True:
+                data, _ = await back.recvfrom(65536)
+                if client:
+                    await front.sendto(data, client[0])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(up)
+            nursery.start_soon(down)
+            yield front.getsockname()[1]
+            nursery.cancel_scope.cancel()
+
+
+def _initial_crypto(datagram: bytes, dcid: bytes) -> list[qi.Frame]:
+    """CRYPTO frames of the client Initial packets at the front of ``datagram``."""
+    try:
+        packets = qi.open_initial_datagram(datagram, dcid=dcid)
+    except qi.QuicInitialError:
+        return []  # Handshake / 1-RTT only
+    return [f for p in packets for f in p.frames if f.kind == "crypto"]
+
+
+@pytest.mark.parametrize("dropped", [0, 1], ids=["head-and-tail", "middle"])
+def test_handshake_survives_losing_a_first_flight_datagram(dropped: int) -> None:
+    """The moved bytes are retransmitted: drop either first datagram, the link still opens."""
+    seen: list[bytes] = []
+
+    async def main() -> None:
+        node = Node()
+        with trio.fail_after(10):
+            async with (
+                _serving(node) as port,
+                _dropping_proxy(port, lambda n: n == dropped, seen) as proxy,
+                Q.dial_quic(node.peer(proxy)) as link,
+            ):
+                stream = await link.open_stream()
+                payload = os.urandom(5000)
+                assert await roundtrip(stream, payload) == payload
+
+    trio.run(main)
+    (first,) = qi.open_initial_datagram(seen[0])
+    lost = qi.crypto_ranges(_initial_crypto(seen[dropped], first.dcid))
+    assert len(lost) == (2 if dropped == 0 else 1)  # head + tail, or the middle
+    length = max(stop for _, stop in qi.crypto_ranges(_initial_crypto(seen[0], first.dcid)))
+    # What reached the server: the other first-flight datagram, then retransmissions
+    # that carry the lost ranges (the moved bytes included).
+    later = [f for d in seen[dropped + 1 :] for f in _initial_crypto(d, first.dcid)]
+    kept = [] if dropped == 0 else _initial_crypto(seen[0], first.dcid)
+    assert qi.crypto_ranges(later + kept) == [(0, length)]
+    assert qi.cut_crypto(later, lost)  # every lost byte was sent again
+
+
+# --- sans-I/O helpers ---------------------------------------------------------------------
+
+
+def test_head_tail_split_matches_the_observed_chromium_flight() -> None:
+    # Chromium 156: L=1919, packet 1 = [0,78) ∪ [1040,1919), packet 2 = [78,1040).
+    assert qi.head_tail_split(1919, head=78, difference=5) == (
+        [(0, 78), (1040, 1919)],
+        [(78, 1040)],
+    )
+    # Parity: 1918 - 5 is odd, so the second share is 6 bytes longer.
+    first, second = qi.head_tail_split(1918, head=78, difference=5)
+    assert _share(second) - _share(first) == 6
+    with pytest.raises(ValueError):
+        qi.head_tail_split(100, head=60, difference=4)  # no tail left
+    with pytest.raises(ValueError):
+        qi.head_tail_split(1900, head=0, difference=4)
+
+
+def _rng_from(data: st.DataObject) -> Callable[[int], bytes]:
+    def rng(n: int) -> bytes:
+        return data.draw(st.binary(min_size=n, max_size=n))
+
+    return rng
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    length=st.integers(1200, 2500),
+    head_lo=st.integers(1, 200),
+    head_span=st.integers(0, 50),
+    diff_lo=st.integers(-20, 20),
+    diff_span=st.integers(0, 3),
+    data=st.data(),
+)
+def test_draw_head_tail_split_partitions_the_stream(
+    length: int,
+    head_lo: int,
+    head_span: int,
+    diff_lo: int,
+    diff_span: int,
+    data: st.DataObject,
+) -> None:
+    heads, diffs = (head_lo, head_lo + head_span), (diff_lo, diff_lo + diff_span)
+    first, second = qi.draw_head_tail_split(
+        length, head_lengths=heads, share_differences=diffs, rng=_rng_from(data)
+    )
+    (h0, a), (b, end) = first
+    assert h0 == 0 and end == length and second == [(a, b)] and 0 < a < b < length
+    assert sorted(first + second) == [(0, a), (a, b), (b, length)]  # a partition of [0, L)
+    assert _within(a, heads)
+    difference = _share(second) - _share(first)
+    if diff_span:  # both parities in range: exact
+        assert _within(difference, diffs)
+    else:  # one value; parity may force one more byte
+        assert difference in (diff_lo, diff_lo + 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    length=st.integers(1200, 2500),
+    cuts=st.lists(st.integers(1, 2499), max_size=12),
+    data=st.data(),
+)
+def test_cut_crypto_takes_exactly_the_ranges(
+    length: int, cuts: list[int], data: st.DataObject
+) -> None:
+    stream = bytes(data.draw(st.binary(min_size=length, max_size=length)))
+    bounds = sorted({0, length, *(c for c in cuts if c < length)})
+    frames = [
+        qi.Frame("crypto", offset=s, data=stream[s:e])
+        for s, e in zip(bounds, bounds[1:], strict=False)
+    ]
+    frames.reverse()  # order must not matter
+    assert qi.crypto_ranges(frames) == [(0, length)]
+    first, second = qi.draw_head_tail_split(
+        length, head_lengths=(58, 84), share_differences=(4, 5), rng=_rng_from(data)
+    )
+    for ranges in (first, second):
+        got = qi.cut_crypto(frames, ranges)
+        assert [(f.offset, f.offset + len(f.data)) for f in got] == ranges
+        assert all(f.data == stream[f.offset : f.offset + len(f.data)] for f in got)
+    with pytest.raises(ValueError):
+        qi.cut_crypto(frames[:1] if len(frames) > 1 else [], [(0, length)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    share=st.integers(600, 1100),
+    head=st.integers(58, 84),
+    fragments=st.integers(1, 12),
+    pings=st.integers(0, 10),
+    runs=st.integers(1, 5),
+    seed=st.integers(0, 2**32),
+)
+def test_relayout_gives_the_asked_counts(
+    share: int, head: int, fragments: int, pings: int, runs: int, seed: int
+) -> None:
+    """Fragments, PINGs and PADDING runs come out exactly as asked when they fit,
+    the payload fills the room, and the CRYPTO bytes are unchanged."""
+    room = 1215
+    crypto = [
+        qi.Frame("crypto", offset=0, data=os.urandom(head)),
+        qi.Frame("crypto", offset=2000, data=os.urandom(share - head)),
+    ]
+    rng = random.Random(seed).randbytes  # hundreds of draws: too many for data.draw
+    frames = qi.relayout(
+        crypto, room=room, fragments=fragments, pings=pings, padding_runs=runs, rng=rng
+    )
+    payload = qi.encode_frames(frames)
+    assert len(payload) == room
+    decoded = qi.decode_frames(payload)
+    kinds = [f.kind for f in decoded]
+    assert kinds.count("crypto") == max(fragments, 2)
+    assert kinds.count("ping") == pings
+    assert kinds.count("padding") == min(runs, max(fragments, 2) + pings + 1)  # one per gap
+    assert qi.crypto_ranges(decoded) == [(0, head), (2000, 2000 + share - head)]
+    assert qi.cut_crypto(decoded, [(0, head), (2000, 2000 + share - head)]) == crypto
+    with pytest.raises(ValueError):
+        qi.relayout(crypto, room=share, fragments=3, pings=0, padding_runs=1, rng=os.urandom)
