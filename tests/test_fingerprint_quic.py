@@ -5,8 +5,11 @@ the RFC 9001 Initial keys, and compared with ``spec/templates/*quic-h3.json``:
 per packet, the CRYPTO byte ranges (Chromium's head + tail, then middle), the
 fragment/PING/PADDING counts and the packet-number length. Moving hello bytes
 between packets must not break aioquic's loss recovery: a handshake through a
-proxy that drops either first datagram still completes. The sans-I/O range and
-layout helpers are checked on their own with hypothesis.
+proxy that drops either first datagram still completes. Every later datagram
+that begins with an Initial (ACK-only, Initial + Handshake + 1-RTT, two Initials
+after a loss) is 1,250 bytes like Chromium's, padded inside its last Initial
+packet with nothing after the last packet. The sans-I/O range, layout and
+padding helpers are checked on their own with hypothesis.
 """
 
 from __future__ import annotations
@@ -250,9 +253,9 @@ def _initial_crypto(datagram: bytes, dcid: bytes) -> list[qi.Frame]:
     return [f for p in packets for f in p.frames if f.kind == "crypto"]
 
 
-@pytest.mark.parametrize("dropped", [0, 1], ids=["head-and-tail", "middle"])
-def test_handshake_survives_losing_a_first_flight_datagram(dropped: int) -> None:
-    """The moved bytes are retransmitted: drop either first datagram, the link still opens."""
+def _handshake_through_proxy(dropped: int | None) -> list[bytes]:
+    """Every client datagram of a dial_quic <-> serve_quic link that carries data,
+    the client's datagram number ``dropped`` lost on the way."""
     seen: list[bytes] = []
 
     async def main() -> None:
@@ -268,6 +271,59 @@ def test_handshake_survives_losing_a_first_flight_datagram(dropped: int) -> None
                 assert await roundtrip(stream, payload) == payload
 
     trio.run(main)
+    return seen
+
+
+def _check_initial_datagrams(seen: list[bytes]) -> list[list[str]]:
+    """Every client datagram that begins with an Initial is the template's size, with
+    the padding inside its Initial packets (as Chromium pads them) and no bytes after
+    its last packet; returns the packet kinds of each such datagram."""
+    size = _layout().datagram_size
+    (first,) = qi.open_initial_datagram(seen[0])
+    kinds = []
+    for d in seen:
+        if d[0] & 0xF0 != 0xC0:
+            continue
+        assert len(d) == size
+        spans = qi.packet_spans(d)
+        assert spans[-1].stop == len(d) and d[-8:] != bytes(8)  # nothing after the packets
+        packets = qi.open_initial_datagram(d, dcid=first.dcid)
+        initial = spans[: len(packets)]
+        assert all(s.kind == "initial" for s in initial)
+        assert "initial" not in [s.kind for s in spans[len(packets) :]]
+        # Each decrypted Initial (its padding included) reaches where the next packet begins.
+        assert [p.size for p in packets] == [s.stop - s.start for s in initial]
+        assert sum(p.size for p in packets) == (
+            spans[len(packets)].start if len(spans) > len(packets) else len(d)
+        )
+        assert all(p.packet_number >= first.packet_number for p in packets)
+        kinds.append([s.kind for s in spans])
+    return kinds
+
+
+def test_every_initial_datagram_is_padded_inside() -> None:
+    """After the first flight too (ACK-only Initials, Initial + Handshake + 1-RTT),
+    Initial-bearing datagrams are 1,250 bytes, padded inside the Initial."""
+    seen = _handshake_through_proxy(None)
+    kinds = _check_initial_datagrams(seen)
+    assert ["initial"] in kinds[2:]  # an ACK-only Initial after the first flight
+    assert any(k[:2] == ["initial", "handshake"] for k in kinds)  # ACK + Finished
+    later = [d for d in seen[2:] if d[0] & 0xF0 == 0xC0]
+    (first,) = qi.open_initial_datagram(seen[0])
+    for d in later:  # aioquic's packets, padded at the end of the last Initial
+        *_, last = qi.open_initial_datagram(d, dcid=first.dcid)
+        assert last.frames[-1].kind == "padding"
+
+
+@pytest.mark.parametrize("dropped", [0, 1], ids=["head-and-tail", "middle"])
+def test_handshake_survives_losing_a_first_flight_datagram(dropped: int) -> None:
+    """The moved bytes are retransmitted: drop either first datagram, the link still opens;
+    the datagrams that carry them are padded like all Initial-bearing datagrams."""
+    seen = _handshake_through_proxy(dropped)
+    kinds = _check_initial_datagrams(seen)
+    if dropped == 0:
+        # aioquic sends the lost head and tail as two Initial packets in one datagram.
+        assert any(k[:2] == ["initial", "initial"] for k in kinds)
     (first,) = qi.open_initial_datagram(seen[0])
     lost = qi.crypto_ranges(_initial_crypto(seen[dropped], first.dcid))
     assert len(lost) == (2 if dropped == 0 else 1)  # head + tail, or the middle
@@ -399,3 +455,166 @@ def test_relayout_gives_the_asked_counts(
     assert qi.cut_crypto(decoded, [(0, head), (2000, 2000 + share - head)]) == crypto
     with pytest.raises(ValueError):
         qi.relayout(crypto, room=share, fragments=3, pings=0, padding_runs=1, rng=os.urandom)
+
+
+# --- padding Initial-bearing datagrams ------------------------------------------------------
+
+
+_frame = st.one_of(
+    st.builds(
+        lambda offset, data: qi.Frame("crypto", offset=offset, data=data),
+        st.integers(0, 5000),
+        st.binary(min_size=1, max_size=300),
+    ),
+    st.just(qi.Frame("ping")),
+    st.builds(lambda n: qi.Frame("padding", size=n), st.integers(1, 60)),
+    st.builds(  # ACK: largest, delay, no more ranges, first range
+        lambda largest, delay, first: qi.Frame(
+            "ack",
+            raw=b"\x02"
+            + qi.push_varint(largest)
+            + qi.push_varint(delay)
+            + b"\x00"
+            + qi.push_varint(min(first, largest)),
+        ),
+        st.integers(0, 2**20),
+        st.integers(0, 2**14),
+        st.integers(0, 2**20),
+    ),
+)
+
+
+def _long_packet(first: int, dcid: bytes, scid: bytes, body: bytes) -> bytes:
+    """A long-header packet that is not an Initial, as far as its header goes."""
+    return (
+        bytes([first])
+        + qi.QUIC_V1.to_bytes(4, "big")
+        + bytes([len(dcid)])
+        + dcid
+        + bytes([len(scid)])
+        + scid
+        + (len(body) | 0x4000).to_bytes(2, "big")
+        + body
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    odcid=st.binary(min_size=8, max_size=20),
+    dcid=st.binary(min_size=0, max_size=20),
+    scid=st.binary(min_size=0, max_size=20),
+    token=st.binary(max_size=40),
+    initials=st.lists(
+        st.tuples(st.lists(_frame, min_size=1, max_size=8), st.integers(1, 4), st.integers(0)),
+        min_size=1,
+        max_size=2,
+    ),
+    handshake=st.one_of(st.none(), st.binary(min_size=20, max_size=300)),
+    short=st.one_of(st.none(), st.binary(min_size=20, max_size=300)),
+    zeros=st.integers(0, 300),
+    spare=st.integers(0, 400),
+    bits=st.integers(0, 0x3F),
+)
+def test_pad_initial_datagram_pads_inside_the_last_initial(
+    odcid: bytes,
+    dcid: bytes,
+    scid: bytes,
+    token: bytes,
+    initials: list[tuple[list[qi.Frame], int, int]],
+    handshake: bytes | None,
+    short: bytes | None,
+    zeros: int,
+    spare: int,
+    bits: int,
+) -> None:
+    """The last Initial gets the padding (same frames, packet number and pn length);
+    the Initials before it and the packets after it keep their bytes; the zero
+    bytes after the last packet are gone; the datagram is exactly ``size``."""
+    keys = qi.initial_keys(odcid)
+    packets, payloads = [], []
+    for i, (frames, pn_length, pn_seed) in enumerate(initials):
+        payload = qi.encode_frames(frames)
+        payload += bytes(max(0, 4 - len(payload)))  # room for the header-protection sample
+        pn = (pn_seed + i) % (1 << (8 * pn_length))
+        packets.append(
+            qi.protect_initial(
+                keys=keys,
+                dcid=dcid,
+                scid=scid,
+                token=token,
+                packet_number=pn,
+                pn_length=pn_length,
+                payload=payload,
+            )
+        )
+        payloads.append((pn, pn_length, payload))
+    rest = b""
+    expect_kinds = ["initial"] * len(packets)
+    if handshake is not None:
+        rest += _long_packet(0xE0 | (bits & 0x0F), dcid, scid, handshake)
+        expect_kinds.append("handshake")
+    if short is not None:
+        rest += bytes([0x40 | bits]) + short
+        expect_kinds.append("1rtt")
+    real = b"".join(packets) + rest
+    datagram = real + (bytes(zeros) if short is None else b"")
+    spans = qi.packet_spans(datagram)
+    assert [s.kind for s in spans] == expect_kinds and spans[-1].stop == len(real)
+
+    size = len(real) + spare
+    padded = qi.pad_initial_datagram(datagram, keys=keys, size=size)
+    assert len(padded) == size
+    head = b"".join(packets[:-1])
+    assert padded.startswith(head)
+    assert padded.endswith(rest)  # Handshake / 1-RTT byte for byte
+    opened = qi.open_initial_datagram(padded, dcid=odcid)
+    assert len(opened) == len(packets)
+    last = opened[-1]
+    assert sum(p.size for p in opened) == size - len(rest)  # the padding is inside
+    pn, pn_length, payload = payloads[-1]
+    assert (last.packet_number, last.pn_length) == (pn, pn_length)
+    assert (last.dcid, last.scid, last.token) == (dcid, scid, token)
+    assert qi.encode_frames(last.frames) == payload + bytes(spare)
+    if spare:
+        assert last.frames[-1].kind == "padding"
+    assert qi.packet_spans(padded)[-1].stop == size  # nothing after the last packet
+
+    with pytest.raises(ValueError):
+        qi.pad_initial_datagram(datagram, keys=keys, size=len(real) - 1)
+    with pytest.raises(qi.QuicInitialError):  # not the client's keys
+        qi.pad_initial_datagram(datagram, keys=qi.initial_keys(odcid, client=False), size=size)
+    if short is None:
+        with pytest.raises(qi.QuicInitialError):  # bytes after the packets that are not zero
+            qi.pad_initial_datagram(datagram + b"\x00\x01", keys=keys, size=size + 2)
+    if rest:
+        with pytest.raises(qi.QuicInitialError):  # does not begin with an Initial
+            qi.pad_initial_datagram(rest + b"".join(packets), keys=keys, size=size)
+
+
+def test_pad_leaves_what_it_cannot_read() -> None:
+    """``_Quic._pad`` sends unchanged what is not an Initial-bearing datagram it can open."""
+    quic = _client(_layout())
+    first, _ = quic.datagrams_to_send(0.0)[0]
+    (packet,) = qi.open_initial_datagram(first)
+    assert quic._pad(first) is first  # already the template's size
+    short = bytes([0x40]) + os.urandom(60)
+    assert quic._pad(short) is short
+    ack = qi.protect_initial(
+        keys=qi.initial_keys(packet.dcid),
+        dcid=packet.dcid,
+        scid=packet.scid,
+        token=b"",
+        packet_number=7,
+        pn_length=2,
+        payload=b"\x02\x06\x00\x00\x00",
+    )
+    padded = quic._pad(ack + bytes(1200 - len(ack)))
+    assert len(padded) == _layout().datagram_size
+    (opened,) = qi.open_initial_datagram(padded)
+    assert opened.size == len(padded) and opened.packet_number == 7
+    assert [f.kind for f in opened.frames] == ["ack", "padding"]
+    broken = bytearray(ack + bytes(1200 - len(ack)))
+    broken[30] ^= 1  # fails to authenticate
+    assert quic._pad(bytes(broken)) == bytes(broken)
+    garbage = ack + b"\x01" + bytes(1199 - len(ack))
+    assert quic._pad(garbage) == garbage

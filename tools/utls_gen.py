@@ -17,6 +17,15 @@ listeners on 127.0.0.1 and writes ``spec/templates/chromium-<major>-<transport>.
 * ``quic-h3``: ``--enable-quic --origin-to-force-quic-on``; a UDP listener
   decrypts the Initial packets (RFC 9001 keys) and reassembles the CRYPTO data.
 
+``--quic-after-initials`` only measures and prints a JSON summary (no
+template is written): Chromium (or, with ``--quic-client qnet``, our own
+``dial_quic``) runs full QUIC handshakes with our HTTP/3 server
+(``qnet.htx.quic.serve_quic``, a certificate Chromium is told to accept with
+``--ignore-certificate-errors-spki-list``) through a UDP relay on loopback,
+which can drop one client datagram (``--quic-drop N``); for each connection
+the first client datagrams are listed with their size and coalesced packets
+(long-header types and Length fields; the client's Initials decrypted).
+
 The name ``qnet-capture.test`` is mapped to 127.0.0.1 with
 ``--host-resolver-rules`` so that Chromium sends SNI (it omits it for IP
 literals) and never goes to ``[::1]``. The template is derived from the
@@ -350,6 +359,162 @@ def _reassemble(datagrams: Sequence[bytes]) -> bytes | None:
     if any(i not in data for i in range(need)):
         return None
     return bytes(data[i] for i in range(need))
+
+
+# --- QUIC after the Initials (measurement only) -------------------------------------
+
+
+def describe_quic_datagram(datagram: bytes, odcid: bytes) -> dict[str, Any]:
+    """Size and coalesced packets of a client datagram: each packet's type and size
+    (from the long headers), the client's Initials opened with ``odcid``'s keys."""
+    out: dict[str, Any] = {"size": len(datagram)}
+    try:
+        spans = qi.packet_spans(datagram)
+    except qi.QuicInitialError as exc:
+        out["error"] = str(exc)
+        return out
+    try:
+        initials = qi.open_initial_datagram(datagram, dcid=odcid)
+    except qi.QuicInitialError:
+        initials = []
+    packets: list[dict[str, Any]] = []
+    for i, span in enumerate(spans):
+        packet: dict[str, Any] = {"type": span.kind, "size": span.stop - span.start}
+        if span.kind == "initial" and i < len(initials):
+            opened = initials[i]
+            packet["pn"] = opened.packet_number
+            packet["pn_length"] = opened.pn_length
+            packet["frames"] = [
+                f"padding{f.size}"
+                if f.kind == "padding"
+                else f"crypto[{f.offset},{f.offset + len(f.data)})"
+                if f.kind == "crypto"
+                else f.kind
+                for f in opened.frames
+            ]
+        packets.append(packet)
+    out["packets"] = packets
+    out["after_last_packet"] = len(datagram) - (spans[-1].stop if spans else 0)
+    return out
+
+
+def capture_quic_after_initials(
+    binary: str, count: int, client: str, drop: int | None, datagrams: int
+) -> list[dict[str, Any]]:
+    """Full QUIC handshakes through a logging relay; per connection, its first
+    ``datagrams`` client datagrams (``describe_quic_datagram``)."""
+    import base64
+    import hashlib
+
+    import trio
+    from cryptography.hazmat.primitives import serialization
+
+    from qnet.crypto.primitives import MLKEM768Key, X25519Key
+    from qnet.htx import quic as htx_quic
+    from qnet.htx.tls import make_self_signed
+    from qnet.htx.transport import HtxLink, PeerInfo, ServerConfig
+
+    cert, key = make_self_signed(CAPTURE_HOST)
+    spki = hashlib.sha256(
+        cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    ).digest()
+    link_key, mlkem, ticket = X25519Key.generate(), MLKEM768Key.generate(), X25519Key.generate()
+    config = ServerConfig(
+        link_private=link_key.private_bytes,
+        mlkem=mlkem,
+        ticket_keys={1: ticket},
+        certificate_chain=(cert,),
+        certificate_key=key,
+    )
+    log: list[tuple[tuple[str, int], bytes, bool]] = []  # (client, datagram, dropped)
+
+    async def idle(link: HtxLink) -> None:
+        try:
+            while True:
+                await link.accept_stream()
+        except trio.EndOfChannel:
+            return
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(htx_quic.serve_quic, idle, config)
+            server_addr = ("127.0.0.1", server.getsockname()[1])
+            front = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            await front.bind(("127.0.0.1", 0))
+            port = front.getsockname()[1]
+            backs: dict[tuple[str, int], trio.socket.SocketType] = {}
+            sent: dict[tuple[str, int], int] = {}
+
+            async def down(back: trio.socket.SocketType, addr: tuple[str, int]) -> None:
+                while True:
+                    data, _ = await back.recvfrom(65536)
+                    await front.sendto(data, addr)
+
+            async def up() -> None:
+                while True:
+                    data, raw = await front.recvfrom(65536)
+                    addr = (str(raw[0]), int(raw[1]))
+                    n = sent.get(addr, 0)
+                    sent[addr] = n + 1
+                    log.append((addr, data, n == drop))
+                    if addr not in backs:
+                        back = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                        await back.bind(("127.0.0.1", 0))
+                        backs[addr] = back
+                        nursery.start_soon(down, back, addr)
+                    if n != drop:
+                        await backs[addr].sendto(data, server_addr)
+
+            nursery.start_soon(up)
+            spki_flag = base64.b64encode(spki).decode()
+            flags = [
+                "--enable-quic",
+                f"--origin-to-force-quic-on={CAPTURE_HOST}:{port}",
+                "--ignore-certificate-errors",
+                f"--ignore-certificate-errors-spki-list={spki_flag}",
+                "--dump-dom",
+            ]
+            for _ in range(count):
+                if client == "chromium":
+                    await trio.to_thread.run_sync(
+                        run_chromium, binary, f"https://{CAPTURE_HOST}:{port}/", flags, 15
+                    )
+                else:
+                    peer = PeerInfo(
+                        host="127.0.0.1",
+                        port=port,
+                        link_public=link_key.public_bytes,
+                        mlkem_public=mlkem.public_bytes,
+                        ticket_public=ticket.public_bytes,
+                        ticket_key_id=1,
+                        server_name=CAPTURE_HOST,
+                    )
+                    async with htx_quic.dial_quic(peer) as link:
+                        stream = await link.open_stream()
+                        await stream.send_all(b"x" * 3000)
+                await trio.sleep(0.5)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    by_client: dict[tuple[str, int], list[tuple[bytes, bool]]] = {}
+    for addr, data, dropped in log:
+        by_client.setdefault(addr, []).append((data, dropped))
+    out = []
+    for seen in by_client.values():
+        try:
+            odcid = qi.open_initial_datagram(seen[0][0])[0].dcid
+        except qi.QuicInitialError:
+            continue
+        rows = []
+        for data, dropped in seen[:datagrams]:
+            row = describe_quic_datagram(data, odcid)
+            if dropped:
+                row["dropped"] = True
+            rows.append(row)
+        out.append({"odcid": odcid.hex(), "datagrams": rows})
+    return out
 
 
 # --- from captures to a template --------------------------------------------------------
@@ -833,7 +998,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--save-captures", type=Path, help="also write the raw captures here")
     ap.add_argument("--from-captures", type=Path, help="derive templates from saved captures")
     ap.add_argument("--self-test", action="store_true", help="only check the existing templates")
+    ap.add_argument(
+        "--quic-after-initials",
+        action="store_true",
+        help="only print the client datagrams of full QUIC handshakes (JSON); writes nothing",
+    )
+    ap.add_argument("--quic-client", choices=("chromium", "qnet"), default="chromium")
+    ap.add_argument("--quic-drop", type=int, help="drop client datagram N (from 0)")
+    ap.add_argument("--quic-datagrams", type=int, default=10, help="client datagrams listed")
     args = ap.parse_args(argv)
+    if args.quic_after_initials:
+        binary = ensure_chromium() if args.quic_client == "chromium" else ""
+        conns = capture_quic_after_initials(
+            binary, args.count, args.quic_client, args.quic_drop, args.quic_datagrams
+        )
+        print(json.dumps(conns, indent=1))
+        return 0
     kinds = args.transport or list(TRANSPORTS)
     if args.self_test:
         results = [self_test(p) for p in sorted(args.out.glob("*.json")) if "capture" not in p.name]

@@ -19,7 +19,9 @@ decrypt an Initial, so their inside is part of the fingerprint): the first
 flight gets Chromium's share of the hello between its two packets, which means
 moving CRYPTO bytes from one packet to the other; aioquic's records of what each
 packet carried are changed to match, or its loss recovery would retransmit the
-wrong bytes. Later Initials keep their bytes and are only re-laid out.
+wrong bytes. Later Initials keep their bytes and are only re-laid out, and
+every other datagram that begins with an Initial is padded to Chromium's size
+inside that packet.
 """
 
 from __future__ import annotations
@@ -115,7 +117,11 @@ class _Quic(QuicConnection):
       ``_packet_number`` starts at the template's first packet number;
       ``_replenish_connection_ids`` issues nothing when our id is empty (RFC 9000
       §5.1.1: a zero-length id cannot be changed); ``datagrams_to_send`` passes
-      every Initial-only datagram through ``_reshape`` (``quic_initial.relayout``).
+      every Initial-only datagram through ``_reshape`` (``quic_initial.relayout``)
+      and pads every other one that begins with an Initial to the template's
+      datagram size inside its last Initial packet (``_pad``), as Chromium does;
+      aioquic pads them to 1,200 bytes, partly with zero bytes after the last
+      packet, which are dropped.
     * With a layout that has ``crypto_split``, the first flight (two datagrams,
       one Initial each, CRYPTO [0, x) and [x, L)) goes through
       ``_split_first_flight`` instead: the CRYPTO bytes are redistributed
@@ -172,7 +178,31 @@ class _Quic(QuicConnection):
                 split = None
             if split is not None:
                 return split
-        return [(self._reshape(data), addr) for data, addr in out]
+        return [(self._shape(data), addr) for data, addr in out]
+
+    def _shape(self, datagram: bytes) -> bytes:
+        """A later client datagram: ``_reshape`` if it is a lone CRYPTO Initial,
+        else ``_pad`` if it begins with an Initial."""
+        shaped = self._reshape(datagram)
+        return self._pad(datagram) if shaped is datagram else shaped
+
+    def _pad(self, datagram: bytes) -> bytes:
+        """An Initial-bearing datagram (ACK-only Initials, Initial + Handshake
+        [+ 1-RTT], two Initials after a loss) padded to the template's datagram
+        size as Chromium does: PADDING inside its last Initial packet, nothing
+        after the last packet (``quic_initial.pad_initial_datagram``). aioquic's
+        ``sent_bytes`` stay as built. Anything unexpected passes unchanged."""
+        layout = self._qnet_layout
+        assert layout is not None and self._qnet_odcid is not None
+        size = layout.datagram_size
+        if not datagram or datagram[0] & 0xF0 != 0xC0 or len(datagram) >= size:
+            return datagram  # no Initial first, or already as long
+        try:
+            return qi.pad_initial_datagram(
+                datagram, keys=qi.initial_keys(self._qnet_odcid), size=size
+            )
+        except (ValueError, qi.QuicInitialError):
+            return datagram
 
     def _sole_initial(self, datagram: bytes) -> qi.InitialPacket | None:
         """The datagram's Initial packet if it is the only packet and holds only

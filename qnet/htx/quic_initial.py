@@ -15,7 +15,10 @@ the middle in the second, near-equal shares) and how each packet's CRYPTO bytes
 are cut and mixed with PING and PADDING (``relayout``). Packet numbers are
 kept, and the pure range helpers (``crypto_ranges``, ``cut_crypto``) let the
 caller tell aioquic's loss recovery exactly which bytes each packet holds.
-Nothing here imports aioquic.
+Every other datagram that begins with an Initial is padded like Chromium's
+(``pad_initial_datagram``): PADDING inside its last Initial packet, the packets
+after it (found from the long headers' Length fields, ``packet_spans``) kept
+as they are. Nothing here imports aioquic.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ from qnet.errors import DecodeError
 
 __all__ = [
     "INITIAL_SALT_V1",
+    "LONG_TYPES",
     "QUIC_V1",
     "Frame",
     "InitialKeys",
     "InitialPacket",
+    "PacketSpan",
     "QuicInitialError",
     "Range",
     "crypto_ranges",
@@ -48,6 +53,8 @@ __all__ = [
     "header_size",
     "initial_keys",
     "open_initial_datagram",
+    "pad_initial_datagram",
+    "packet_spans",
     "protect_initial",
     "pull_varint",
     "push_varint",
@@ -247,6 +254,34 @@ def _parse_long_header(data: bytes, pos: int) -> tuple[int, bytes, bytes, bytes,
     return version, dcid, scid, token, length, p
 
 
+def _unprotect(
+    datagram: bytes, pos: int, pn_off: int, length: int, keys: InitialKeys
+) -> tuple[int, int, bytes]:
+    """(packet number, its length, plaintext payload) of the Initial at ``pos``.
+
+    The packet number is the truncated one on the wire taken as the full one,
+    which holds while it is below 2**(8 * pn length), as Initial packet numbers
+    are; otherwise the AEAD fails. Raises ``QuicInitialError``."""
+    sample = datagram[pn_off + 4 : pn_off + 20]
+    if len(sample) < 16:
+        raise QuicInitialError("sample", "packet too short")
+    mask = keys.mask(sample)
+    first = datagram[pos] ^ (mask[0] & 0x0F)
+    pn_len = (first & 3) + 1
+    pn_bytes = bytes(
+        b ^ m for b, m in zip(datagram[pn_off : pn_off + pn_len], mask[1:], strict=False)
+    )
+    pn = int.from_bytes(pn_bytes, "big")
+    header = bytes([first]) + datagram[pos + 1 : pn_off] + pn_bytes
+    try:
+        payload = AESGCM(keys.key).decrypt(
+            keys.nonce(pn), datagram[pn_off + pn_len : pn_off + length], header
+        )
+    except Exception as exc:  # noqa: BLE001 - InvalidTag and friends: one typed error
+        raise QuicInitialError("aead", "Initial packet did not authenticate") from exc
+    return pn, pn_len, payload
+
+
 def open_initial_datagram(
     datagram: bytes, *, dcid: bytes | None = None, client: bool = True
 ) -> list[InitialPacket]:
@@ -260,24 +295,8 @@ def open_initial_datagram(
     while pos < len(datagram) and datagram[pos] & 0x80 and (datagram[pos] >> 4) & 3 == 0:
         version, pdcid, scid, token, length, pn_off = _parse_long_header(datagram, pos)
         keys = initial_keys(pdcid if dcid is None else dcid, client=client)
-        sample = datagram[pn_off + 4 : pn_off + 20]
-        if len(sample) < 16:
-            raise QuicInitialError("sample", "packet too short")
-        mask = keys.mask(sample)
-        first = datagram[pos] ^ (mask[0] & 0x0F)
-        pn_len = (first & 3) + 1
-        pn_bytes = bytes(
-            b ^ m for b, m in zip(datagram[pn_off : pn_off + pn_len], mask[1:], strict=False)
-        )
-        pn = int.from_bytes(pn_bytes, "big")
-        header = bytes([first]) + datagram[pos + 1 : pn_off] + pn_bytes
+        pn, pn_len, payload = _unprotect(datagram, pos, pn_off, length, keys)
         end = pn_off + length
-        try:
-            payload = AESGCM(keys.key).decrypt(
-                keys.nonce(pn), datagram[pn_off + pn_len : end], header
-            )
-        except Exception as exc:  # noqa: BLE001 - InvalidTag and friends: one typed error
-            raise QuicInitialError("aead", "Initial packet did not authenticate") from exc
         out.append(
             InitialPacket(
                 version=version,
@@ -333,6 +352,100 @@ def protect_initial(
     masked_first = bytes([first ^ (mask[0] & 0x0F)])
     masked_pn = bytes(b ^ m for b, m in zip(pn_bytes, mask[1:], strict=False))
     return masked_first + header[1:pn_off] + masked_pn + sealed
+
+
+# --- coalesced packets and padding -----------------------------------------------
+
+#: The packet types of a long header (RFC 9000 §17.2), by the two type bits of QUIC v1.
+LONG_TYPES: Final = ("initial", "0rtt", "handshake", "retry")
+
+
+@dataclass(frozen=True, slots=True)
+class PacketSpan:
+    """Where one packet of a datagram lies: ``kind`` is a ``LONG_TYPES`` name or
+    "1rtt" (a short header, which runs to the end of the datagram)."""
+
+    kind: str
+    start: int
+    stop: int
+
+
+def packet_spans(datagram: bytes) -> list[PacketSpan]:
+    """The packets coalesced in a QUIC v1 datagram, read from the long headers'
+    Length fields only (nothing is decrypted); zero bytes after the last packet
+    (padding outside any packet) are left out. Raises ``QuicInitialError`` on
+    anything else: another version, a Retry, a truncated packet, or bytes after
+    the packets that are not all zero."""
+    out: list[PacketSpan] = []
+    pos = 0
+    while pos < len(datagram):
+        first = datagram[pos]
+        if not first & 0x40:  # no fixed bit: not a packet, so padding if all zero
+            if any(datagram[pos:]):
+                raise QuicInitialError("datagram", "bytes after the last packet")
+            break
+        if not first & 0x80:
+            out.append(PacketSpan("1rtt", pos, len(datagram)))
+            break
+        kind = LONG_TYPES[(first >> 4) & 3]
+        if kind == "retry":
+            raise QuicInitialError("packet type", "a Retry in a datagram")
+        if kind == "initial":
+            _, _, _, _, length, p = _parse_long_header(datagram, pos)
+        else:
+            if len(datagram) < pos + 7:
+                raise QuicInitialError("header", "truncated")
+            if int.from_bytes(datagram[pos + 1 : pos + 5], "big") != QUIC_V1:
+                raise QuicInitialError("version", "not QUIC v1")
+            p = pos + 5
+            for _ in range(2):  # DCID, SCID
+                if p >= len(datagram) or datagram[p] > 20:
+                    raise QuicInitialError("connection id", "too long or truncated")
+                p += 1 + datagram[p]
+            length, p = pull_varint(datagram, p)
+            if p + length > len(datagram) or length < 20:
+                raise QuicInitialError("length", "packet longer than its datagram")
+        out.append(PacketSpan(kind, pos, p + length))
+        pos = p + length
+    return out
+
+
+def pad_initial_datagram(datagram: bytes, *, keys: InitialKeys, size: int) -> bytes:
+    """``datagram`` brought to exactly ``size`` bytes the way Chromium pads an
+    Initial-bearing datagram: PADDING frames at the end of an Initial packet's
+    payload, none after the last packet.
+
+    The datagram must begin with one or more Initial packets (``keys`` opens
+    them); the last of them is re-encrypted with the same header, packet number
+    and packet-number length, its payload followed by PADDING; every other
+    packet (Initials before it, Handshake and 1-RTT packets after it) is kept
+    byte for byte, and zero bytes after the last packet are dropped. Raises
+    ``QuicInitialError`` if the datagram does not parse or the packet does not
+    authenticate, ``ValueError`` if its packets take more than ``size`` bytes.
+    """
+    spans = packet_spans(datagram)
+    if not spans or spans[0].kind != "initial":
+        raise QuicInitialError("datagram", "does not begin with an Initial")
+    last = 0
+    while last + 1 < len(spans) and spans[last + 1].kind == "initial":
+        last += 1
+    span = spans[last]
+    _, dcid, scid, token, length, pn_off = _parse_long_header(datagram, span.start)
+    pn, pn_len, payload = _unprotect(datagram, span.start, pn_off, length, keys)
+    before, after = datagram[: span.start], datagram[span.stop : spans[-1].stop]
+    used = len(before) + header_size(dcid, scid, token, pn_len) + len(payload) + 16 + len(after)
+    if used > size:
+        raise ValueError(f"the packets take {used} bytes, more than {size}")
+    packet = protect_initial(
+        keys=keys,
+        dcid=dcid,
+        scid=scid,
+        token=token,
+        packet_number=pn,
+        pn_length=pn_len,
+        payload=payload + bytes(size - used),
+    )
+    return before + packet + after
 
 
 # --- layout ----------------------------------------------------------------------------
