@@ -232,6 +232,36 @@ def test_quic_template_missing_layout_field() -> None:
     assert isinstance(load_template(path), BrowserTemplate)
 
 
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda c: c.__setitem__("kind", "spread"), "quic.crypto_split.kind"),
+        (lambda c: c.__setitem__("head_lengths", [90, 10]), "quic.crypto_split.head_lengths"),
+        (lambda c: c.__setitem__("head_lengths", [1]), "quic.crypto_split.head_lengths"),
+        (lambda c: c.pop("share_differences"), "quic.crypto_split.share_differences"),
+        (
+            lambda c: c.__setitem__("share_differences", ["4", 5]),
+            "quic.crypto_split.share_differences",
+        ),
+    ],
+)
+def test_malformed_crypto_split_names_the_field(mutate: Any, field: str) -> None:
+    path = next(p for p in FILES if "quic" in p.name)
+    data = json.loads(path.read_text())
+    mutate(data["quic"]["crypto_split"])
+    with pytest.raises(TemplateError) as info:
+        parse_template(json.dumps(data))
+    assert info.value.field == field
+
+
+def test_template_without_crypto_split_still_loads() -> None:
+    path = next(p for p in FILES if "quic" in p.name)
+    data = json.loads(path.read_text())
+    del data["quic"]["crypto_split"]
+    tpl = parse_template(json.dumps(data))
+    assert tpl.quic is not None and tpl.quic.crypto_split is None
+
+
 def test_rfc9001_initial_keys() -> None:
     k = qi.initial_keys(bytes.fromhex("8394c8f03e515708"))
     assert k.key.hex() == "1f369613dd76d5467730efcbe3b1a22d"
