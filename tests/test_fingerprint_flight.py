@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qnet.htx import transport as T
 from qnet.htx.errors import TemplateError
@@ -200,3 +202,68 @@ def test_http_section_parses_alone() -> None:
     assert isinstance(parse_http_flight(section), HttpFlight)
     with pytest.raises(TemplateError):
         parse_http_flight([1, 2])
+
+
+# --- fuzzing: any mutation of a template gives a template or a TemplateError ------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node[:6]):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+_TEMPLATES = {
+    kind: json.loads(
+        open(f"{T.__file__.rsplit('/', 1)[0]}/templates/chromium-156-{kind}.json").read()
+    )
+    for kind in ("tcp-h2", "tcp-ws", "quic-h3")
+}
+_PATHS = {kind: [p for p in _paths(t) if p] for kind, t in _TEMPLATES.items()}
+
+
+@settings(max_examples=int(os.environ.get("QNET_FUZZ_EXAMPLES", "400")), deadline=None)
+@given(
+    kind=st.sampled_from(sorted(_TEMPLATES)),
+    pick=st.integers(min_value=0),
+    value=_json_values,
+    delete=st.booleans(),
+)
+def test_fuzzed_templates_are_refused_with_a_typed_error(
+    kind: str, pick: int, value: Any, delete: bool
+) -> None:
+    data = copy.deepcopy(_TEMPLATES[kind])
+    path = _PATHS[kind][pick % len(_PATHS[kind])]
+    parent = data
+    for key in path[:-1]:
+        parent = parent[key]
+    if delete and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    try:
+        parse_template(json.dumps(data))
+    except TemplateError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_json_values)
+def test_fuzzed_http_sections_are_refused_with_a_typed_error(value: Any) -> None:
+    try:
+        parse_http_flight(value)
+    except TemplateError:
+        pass

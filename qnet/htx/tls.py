@@ -798,10 +798,13 @@ def _parse_tls(t: _Fields, name: str, transport: str) -> HelloTemplate:
         key = _GREASE_WORD if g == GREASE_SLOT else str(g)
         if want is not None and lengths.int_(key, 0, 0xFFFF) != want:
             raise TemplateError(f"{lengths.path}.{key}", f"we can only make {want}-byte shares")
-    bodies = tuple(
-        bytes.fromhex(b) if isinstance(b, str) else b""
-        for b in t.list_("grease_extension_bodies", [])
-    )
+    body_list: list[bytes] = []
+    for i, b in enumerate(t.list_("grease_extension_bodies", [])):
+        try:
+            body_list.append(bytes.fromhex(b) if isinstance(b, str) else b"")
+        except ValueError:
+            raise TemplateError(f"{t.path}.grease_extension_bodies[{i}]", "must be hex") from None
+    bodies = tuple(body_list)
     kwargs: dict[str, object] = {}
     if EXT_ECH in exts:
         ech = t.sub("ech")
