@@ -157,3 +157,33 @@ def test_end_layer_open_fuzz(body: bytes, counter: int) -> None:
     layer.counter = counter
     with pytest.raises(CellError):
         layer.open(body)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_onion_batch_paths_match_single(backend: str, n: int) -> None:
+    """ClientOnion's batch methods give the bytes of the one-cell methods, and
+    open_backward_batch stops at the first bad cell with the good ones before it."""
+    keys = [R.derive_layer_keys(os.urandom(32)) for _ in range(n)]
+    one, many = R.ClientOnion(keys), R.ClientOnion(keys)
+    plains = [os.urandom(CELL_PLAINTEXT_LEN) for _ in range(6)]
+    single = b"".join(one.seal_forward(p) for p in plains)
+    assert many.seal_forward_batch(b"".join(plains)) == single
+    relays = Relays(keys)
+    bodies = [relays.backward(p) for p in plains]
+    assert many.open_backward_batch(b"".join(bodies)) == (b"".join(plains), -1)
+    later = [relays.backward(p) for p in plains]
+    bad = bytearray(later[3])
+    bad[100] ^= 1
+    later[3] = bytes(bad)
+    got, failed = many.open_backward_batch(b"".join(later))
+    assert failed == 3 and got == b"".join(plains[:3])
+
+
+def test_relay_unit_header_matches_unit_encode() -> None:
+    body = os.urandom(BODY_LEN)
+    for cid in (1, 0x1234, 2**32 - 1):
+        unit = R.Unit(circ_id=cid, command=R.UnitCommand.RELAY, body=body)
+        assert R.relay_unit_header(cid) + body == unit.encode()
+    for cid in (0, 2**32):
+        with pytest.raises(ValueError):
+            R.relay_unit_header(cid)

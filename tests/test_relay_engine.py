@@ -196,3 +196,28 @@ def test_other_path_lengths(n: int) -> None:
         net.deliver(-1, 0, unit)
     net.run()
     assert net.exit_cells[-1][1].data == b"a:1"
+
+
+def test_a_tampered_cell_in_a_batch_keeps_the_cells_before_it() -> None:
+    """The client opens a run of cells as one batch: the cells before a bad one are
+    delivered, the circuit closes at it, and the rest count as unknown-circuit drops."""
+    net = Net(3)
+    a = net.build()
+    cells = [RelayCell(command=RelayCommand.DATA, stream_id=1, data=bytes([i])) for i in range(6)]
+    for unit in net.client.send(a, cells):
+        net.deliver(-1, 0, unit)
+    net.run()
+    exit_circ = net.exit_cells[0][0]
+    units = [s.unit for s in net.relays[2].exit_send(exit_circ, cells)]
+    bad = bytearray(units[2])
+    bad[600] ^= 0x01
+    units[2] = bytes(bad)
+    for hop in (1, 0):  # back through the middle and the entry, each as one batch
+        actions = net.relays[hop].receive_units(1, units, net.now)
+        units = [s.unit for s in actions if isinstance(s, R.Send)]
+    assert len(units) == 6
+    events, replies = net.client.receive_units(units, net.now)
+    assert [e.cell for e in events if isinstance(e, CellReceived)] == cells[:2]
+    assert events[-1] == CircuitClosed(a, R.DestroyReason.INTEGRITY)
+    assert [decode_unit(r).command for r in replies] == [UnitCommand.DESTROY]
+    assert net.client.drops["unknown_circuit"] == 3

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -58,6 +59,8 @@ log = logging.getLogger("qnet.htx")
 READ_SIZE = 65536
 #: Bytes a stream may have queued in the session before ``send_all`` waits.
 SEND_BUFFER_LIMIT = 256 * 1024
+#: The least ``HtxStream.send_all`` hands the session at once.
+SEND_STEP = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +163,10 @@ class _Wire:
         self.tls = tls
         self.tunnel: _Tunnel = _Tunnel()
         self._send_lock = trio.Lock()
+        # TLS output taken out of ``tls`` and not yet written, in order. It lives here,
+        # not in a task's locals, so a sender cancelled while waiting for the lock
+        # loses nothing: whoever holds the lock next writes it.
+        self._unsent: list[bytes] = []
         self.eof = False
         # Application data that arrived in the same read as the end of the handshake.
         self._early_app = bytearray()
@@ -184,11 +191,22 @@ class _Wire:
             self.tls.send_record(data, pad_to)
 
     async def flush(self) -> None:
+        self.queue_app(self.tunnel.pending())
+        await self._write()
+
+    async def _write(self) -> None:
+        """Write everything TLS has sealed, in order. Returns at once, without a
+        checkpoint, when there is nothing to write (most flushes on the read path)."""
+        wire = self.tls.data_to_send()
+        if wire:
+            self._unsent.append(wire)
+        if not self._unsent:
+            return
         async with self._send_lock:
-            self.queue_app(self.tunnel.pending())
-            wire = self.tls.data_to_send()
-            if wire:
-                await self.sock.send_all(wire)
+            if self._unsent:  # else an earlier holder wrote ours along with its own
+                out = b"".join(self._unsent)
+                self._unsent.clear()
+                await self.sock.send_all(out)
 
     async def read_app(self) -> bytes | None:
         """Next TLS application data (``None`` at EOF or close_notify)."""
@@ -246,11 +264,8 @@ class _Wire:
                 return None
 
     async def send_tunnel(self, data: bytes) -> None:
-        async with self._send_lock:
-            self.queue_app(self.tunnel.outgoing(data))
-            wire = self.tls.data_to_send()
-            if wire:
-                await self.sock.send_all(wire)
+        self.queue_app(self.tunnel.outgoing(data))
+        await self._write()
 
     async def aclose(self) -> None:
         with trio.move_on_after(1) as scope:
@@ -306,10 +321,25 @@ class HtxStream(trio.abc.HalfCloseableStream):
                 return b""
             self._readable = trio.Event()
             await self._readable.wait()
-        chunk = self._chunks.pop(0)
-        if max_bytes is not None and len(chunk) > max_bytes:
-            chunk, rest = chunk[:max_bytes], chunk[max_bytes:]
-            self._chunks.insert(0, rest)
+        chunks = self._chunks
+        if max_bytes is None and len(chunks) == 1:
+            chunk = chunks.pop()
+        else:
+            # Everything delivered so far (up to ``max_bytes``) in one call: one
+            # acknowledgement and one flush for many frames, and bigger batches above.
+            limit = max_bytes if max_bytes is not None else sys.maxsize
+            take = 0
+            size = 0
+            while take < len(chunks) and size + len(chunks[take]) <= limit:
+                size += len(chunks[take])
+                take += 1
+            if take == 0:  # the first chunk alone is over the limit: split it
+                first = chunks[0]
+                chunks[0] = first[limit:]
+                chunk = first[:limit]
+            else:
+                chunk = chunks[0] if take == 1 else b"".join(chunks[:take])
+                del chunks[:take]
         self._link.session.acknowledge_received(self.stream_id, len(chunk))
         await self._link.flush()
         return chunk
@@ -317,11 +347,16 @@ class HtxStream(trio.abc.HalfCloseableStream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._sent_fin:
             raise trio.ClosedResourceError("send_eof was called on this stream")
-        view = bytes(data)
-        step = 16 * 1024
-        for start in range(0, len(view), step):
+        view = memoryview(data).cast("B")
+        session = self._link.session
+        pos, end = 0, len(view)
+        while pos < end:
             await self._link.wait_send_room(self.stream_id)
-            self._link.session.send_stream_data(self.stream_id, view[start : start + step])
+            # As much as the send buffer takes, then one flush: the session cuts it into
+            # full frames, and TLS into full records, in one socket write.
+            room = max(SEND_BUFFER_LIMIT - session.send_buffered(self.stream_id), SEND_STEP)
+            session.send_stream_data(self.stream_id, bytes(view[pos : pos + room]))
+            pos += room
             await self._link.flush()
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -358,6 +393,7 @@ class HtxLink:
         self._accept_send, self._accept_recv = trio.open_memory_channel[HtxStream](math.inf)
         self._progress = trio.Event()
         self._timer_changed = trio.Event()
+        self._timer_deadline = -math.inf  # what the timer task waits for (none yet)
         self.closed = False
         self.close_reason: SessionClosed | None = None
         self._cancel = trio.CancelScope()
@@ -386,7 +422,11 @@ class HtxLink:
             except (trio.BrokenResourceError, trio.ClosedResourceError, TlsStateError) as exc:
                 self._mark_closed(None)
                 raise trio.BrokenResourceError("the link's connection broke") from exc
-        self._timer_changed.set()
+        # Wake the timer task only when the session's next deadline moved earlier than
+        # the one it waits for (sending only ever moves deadlines later).
+        deadline = self.session.next_deadline()
+        if deadline is None or deadline < self._timer_deadline:
+            self._timer_changed.set()
 
     async def wait_send_room(self, stream_id: int) -> None:
         while self.session.send_buffered(stream_id) > SEND_BUFFER_LIMIT:
@@ -447,7 +487,8 @@ class HtxLink:
         while not self.closed:
             deadline = self.session.next_deadline()
             self._timer_changed = trio.Event()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
+            self._timer_deadline = deadline if deadline is not None else math.inf
+            with trio.move_on_at(self._timer_deadline):
                 await self._timer_changed.wait()
                 continue
             self.session.handle_timer(trio.current_time())

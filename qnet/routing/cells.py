@@ -72,6 +72,17 @@ class Unit:
         return self.circ_id.to_bytes(4, "big") + bytes([self.command, 0, 0, 0]) + self.body
 
 
+def relay_unit_header(circ_id: int) -> bytes:
+    """The 8 header bytes of a RELAY unit on ``circ_id`` (1 .. 2^32-1): what
+    ``Unit(circ_id=circ_id, command=RELAY, body=...).encode()`` puts before the body."""
+    if not 0 < circ_id < 2**32:
+        raise ValueError("a RELAY unit needs a circuit id that fits in 32 bits")
+    return circ_id.to_bytes(4, "big") + _RELAY_TAIL
+
+
+_RELAY_TAIL = bytes([UnitCommand.RELAY, 0, 0, 0])
+
+
 def decode_unit(raw: bytes) -> Unit:
     """Parse one link unit. Raises ``MalformedCell``; nothing else."""
     if not isinstance(raw, (bytes, bytearray, memoryview)) or len(raw) != UNIT_LEN:
@@ -197,6 +208,14 @@ class EndLayer(_Counter):
             raise ValueError(f"a relay plaintext is {CELL_PLAINTEXT_LEN} bytes")
         return accel.cell_seal(self.key, self._take(1), plaintext)
 
+    def seal_batch(self, plaintexts: bytes) -> bytes:
+        """Seal ``len(plaintexts) // 2024`` consecutive cells in one hot-path call."""
+        if len(plaintexts) % CELL_PLAINTEXT_LEN:
+            raise ValueError(f"batch is not a multiple of {CELL_PLAINTEXT_LEN}")
+        return accel.cell_seal_batch(
+            self.key, self._take(len(plaintexts) // CELL_PLAINTEXT_LEN), plaintexts
+        )
+
     def open(self, body: bytes) -> bytes:
         """Open the next cell. Raises ``TamperedCell`` (the circuit must then be destroyed)."""
         if len(body) != BODY_LEN:
@@ -206,6 +225,15 @@ class EndLayer(_Counter):
             raise TamperedCell("bad_tag", "relay cell failed its end-to-end check")
         self._take(1)
         return plain
+
+    def open_prefix(self, bodies: bytes) -> tuple[bytes, int]:
+        """Open consecutive cells up to the first that fails: ``(plaintexts, failed)``,
+        ``failed`` being that cell's index or -1. The counter moves past the opened ones."""
+        if len(bodies) % BODY_LEN:
+            raise MalformedCell("bad_length", f"batch is not a multiple of {BODY_LEN}")
+        plains, failed = accel.cell_open_batch(self.key, self.counter, bodies)
+        self._take(len(plains) // CELL_PLAINTEXT_LEN)
+        return plains, failed
 
     def open_batch(self, bodies: bytes) -> bytes:
         """Open consecutive cells; raises ``TamperedCell`` at the first failure."""
@@ -240,3 +268,17 @@ class ClientOnion:
         for layer in self._back:
             body = layer.apply(body)
         return self._end_back.open(body)
+
+    def seal_forward_batch(self, plaintexts: bytes) -> bytes:
+        """``seal_forward`` over consecutive 2,024-byte plaintexts, bodies joined."""
+        body = self._end_fwd.seal_batch(plaintexts)
+        for layer in reversed(self._fwd):
+            body = layer.apply_batch(body)
+        return body
+
+    def open_backward_batch(self, bodies: bytes) -> tuple[bytes, int]:
+        """``open_backward`` over consecutive bodies up to the first that fails its
+        check: ``(plaintexts, failed)``, ``failed`` being that cell's index or -1."""
+        for layer in self._back:
+            bodies = layer.apply_batch(bodies)
+        return self._end_back.open_prefix(bodies)

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from qnet.constants import BODY_LEN, CELL_PLAINTEXT_LEN, UNIT_HEADER_LEN, UNIT_LEN
 from qnet.crypto.primitives import random_bytes
 from qnet.errors import CellError, CircuitError
 from qnet.routing import circuit as C
@@ -25,10 +26,14 @@ from qnet.routing.cells import (
     UnitCommand,
     decode_relay_cell,
     decode_unit,
+    relay_unit_header,
 )
 from qnet.routing.relay import DestroyReason, destroy_unit
 
 Rng = Callable[[int], bytes]
+
+_RELAY = int(UnitCommand.RELAY)
+_ZERO3 = bytes(UNIT_HEADER_LEN - 5)
 
 
 class CircuitState(enum.Enum):
@@ -108,12 +113,12 @@ class ClientCircuits:
         circuit = self._circuits[cid]
         if circuit.onion is None:
             raise KeyError(cid)
-        return [
-            Unit(
-                circ_id=cid, command=UnitCommand.RELAY, body=circuit.onion.seal_forward(c.encode())
-            ).encode()
-            for c in cells
-        ]
+        plains = b"".join([c.encode() for c in cells])
+        if not plains:
+            return []
+        sealed = memoryview(circuit.onion.seal_forward_batch(plains))
+        header = relay_unit_header(cid)
+        return [header + sealed[i : i + BODY_LEN] for i in range(0, len(sealed), BODY_LEN)]
 
     def destroy(self, cid: int, reason: DestroyReason = DestroyReason.REQUESTED) -> bytes | None:
         """Forget ``cid``; the DESTROY unit to send, if it existed."""
@@ -145,7 +150,28 @@ class ClientCircuits:
         """Handle units from the entry: events, and units to send back (DESTROYs)."""
         events: list[Event] = []
         replies: list[bytes] = []
+        run: list[bytes] = []  # consecutive RELAY units of one open circuit
+        run_cid = 0
         for raw in raws:
+            # Fast path: a well-formed RELAY unit (what decode_unit accepts) for an open
+            # circuit joins the run, opened in one batch; anything else is decoded.
+            if (
+                len(raw) == UNIT_LEN
+                and raw[4] == _RELAY
+                and raw[5:UNIT_HEADER_LEN] == _ZERO3
+                and (fast_cid := int.from_bytes(raw[:4], "big"))
+                and (fast := self._circuits.get(fast_cid)) is not None
+                and fast.onion is not None
+            ):
+                if run and fast_cid != run_cid:
+                    self._relay_run(run_cid, run, events, replies)
+                    run = []
+                run.append(raw)
+                run_cid = fast_cid
+                continue
+            if run:
+                self._relay_run(run_cid, run, events, replies)
+                run = []
             try:
                 unit = decode_unit(raw)
             except CellError as exc:
@@ -190,4 +216,36 @@ class ClientCircuits:
                     events.append(CircuitFailed(cid, f"destroyed:{reason.name.lower()}"))
             else:
                 self.drops[f"unexpected_{unit.command.name.lower()}"] += 1
+        if run:
+            self._relay_run(run_cid, run, events, replies)
         return events, replies
+
+    def _relay_run(
+        self, cid: int, units: list[bytes], events: list[Event], replies: list[bytes]
+    ) -> None:
+        """Open consecutive RELAY units of open circuit ``cid`` as one batch: the same
+        events, replies and drops as one unit at a time."""
+        circuit = self._circuits.get(cid)
+        if circuit is None or circuit.onion is None:  # gone since the run started
+            self.drops["unknown_circuit"] += len(units)
+            return
+        bodies = b"".join([memoryview(u)[UNIT_HEADER_LEN:] for u in units])
+        plains, failed = circuit.onion.open_backward_batch(bodies)
+        reason: DestroyReason | None = None
+        done = 0
+        for i in range(0, len(plains), CELL_PLAINTEXT_LEN):
+            try:
+                cell = decode_relay_cell(plains[i : i + CELL_PLAINTEXT_LEN])
+            except CellError:
+                reason = DestroyReason.PROTOCOL
+                break
+            events.append(CellReceived(cid, cell))
+            done += 1
+        if reason is None and failed >= 0:
+            reason = DestroyReason.INTEGRITY
+        if reason is not None:
+            del self._circuits[cid]
+            events.append(CircuitClosed(cid, reason))
+            replies.append(destroy_unit(cid, reason))
+            # The rest of the run arrives for a circuit that is gone.
+            self.drops["unknown_circuit"] += len(units) - done - 1

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from qnet.constants import BODY_LEN
+from qnet.constants import BODY_LEN, CELL_PLAINTEXT_LEN, UNIT_HEADER_LEN, UNIT_LEN
 from qnet.crypto.primitives import random_bytes
 from qnet.errors import CellError, CircuitError
 from qnet.mix import sphinx as S
@@ -37,9 +37,13 @@ from qnet.routing.cells import (
     UnitCommand,
     decode_relay_cell,
     decode_unit,
+    relay_unit_header,
 )
 
 Rng = Callable[[int], bytes]
+
+_RELAY = int(UnitCommand.RELAY)
+_ZERO3 = bytes(UNIT_HEADER_LEN - 5)
 
 
 class DestroyReason(enum.IntEnum):
@@ -221,23 +225,31 @@ class RelayEngine:
         run: list[bytes] = []
         run_key: tuple[int, int] | None = None
         for raw in units:
+            # Fast path: a well-formed RELAY unit (what decode_unit would accept) joins
+            # the run without a Unit object; anything else takes the full decoder.
+            if (
+                len(raw) == UNIT_LEN
+                and raw[4] == _RELAY
+                and raw[5:UNIT_HEADER_LEN] == _ZERO3
+                and (cid := int.from_bytes(raw[:4], "big"))
+            ):
+                key = (link, cid)
+                if run_key is not None and key != run_key:
+                    out += self._relay_run(run_key, run, now)
+                    run = []
+                run.append(raw)
+                run_key = key
+                continue
             try:
                 unit = decode_unit(raw)
             except CellError as exc:
                 self.drops[f"unit_{exc.reason}"] += 1
                 continue
-            key = (link, unit.circ_id)
-            if unit.command is UnitCommand.RELAY and (run_key is None or key == run_key):
-                run.append(unit.body)
-                run_key = key
-                continue
+            # Not RELAY here: the fast path takes every RELAY unit decode_unit accepts.
             if run_key is not None:
                 out += self._relay_run(run_key, run, now)
                 run, run_key = [], None
-            if unit.command is UnitCommand.RELAY:
-                run, run_key = [unit.body], key
-            else:
-                out += self._control(link, unit, now)
+            out += self._control(link, unit, now)
         if run_key is not None:
             out += self._relay_run(run_key, run, now)
         return out
@@ -359,16 +371,18 @@ class RelayEngine:
             return []
         return self._teardown(circuit, DestroyReason.of_body(body), skip=(link, cid))
 
-    def _relay_run(self, key: tuple[int, int], bodies: list[bytes], now: float) -> list[Action]:
+    def _relay_run(self, key: tuple[int, int], units: list[bytes], now: float) -> list[Action]:
+        """One circuit's consecutive RELAY units (whole, headers checked) from one link."""
         ident = self._by_prev.get(key)
         forward = ident is not None
         if ident is None:
             ident = self._by_next.get(key)
         circuit = self._circuits.get(ident) if ident is not None else None
         if circuit is None or circuit.state is not _State.OPEN:
-            self.drops["relay_unknown_circuit"] += len(bodies)
+            self.drops["relay_unknown_circuit"] += len(units)
             return []
         circuit.last_active = now
+        bodies = b"".join([memoryview(u)[UNIT_HEADER_LEN:] for u in units])
         if forward and circuit.is_exit:
             return self._exit_receive(circuit, bodies)
         layer = circuit.forward if forward else circuit.backward
@@ -377,23 +391,22 @@ class RelayEngine:
         if target is None:
             return []
         out_link, out_cid = target
-        peeled = layer.apply_batch(b"".join(bodies))
-        self.forwarded_cells += len(bodies)
+        peeled = memoryview(layer.apply_batch(bodies))
+        self.forwarded_cells += len(units)
+        header = relay_unit_header(out_cid)
         return [
-            Send(
-                out_link,
-                _unit(out_cid, UnitCommand.RELAY, peeled[i * BODY_LEN : (i + 1) * BODY_LEN]),
-            )
-            for i in range(len(bodies))
+            Send(out_link, header + peeled[i : i + BODY_LEN])
+            for i in range(0, len(units) * BODY_LEN, BODY_LEN)
         ]
 
-    def _exit_receive(self, circuit: _Circuit, bodies: list[bytes]) -> list[Action]:
+    def _exit_receive(self, circuit: _Circuit, bodies: bytes) -> list[Action]:
         layer = circuit.forward
         assert isinstance(layer, EndLayer)
         try:
-            plains = layer.open_batch(b"".join(bodies))
+            plains = layer.open_batch(bodies)
             cells = [
-                decode_relay_cell(plains[i * 2024 : (i + 1) * 2024]) for i in range(len(bodies))
+                decode_relay_cell(plains[i : i + CELL_PLAINTEXT_LEN])
+                for i in range(0, len(plains), CELL_PLAINTEXT_LEN)
             ]
         except CellError as exc:
             self.drops[f"relay_{exc.reason}"] += 1
@@ -411,7 +424,11 @@ class RelayEngine:
         layer = circuit.backward
         assert isinstance(layer, EndLayer)
         link, cid = circuit.prev
-        return [Send(link, _unit(cid, UnitCommand.RELAY, layer.seal(c.encode()))) for c in cells]
+        sealed = memoryview(layer.seal_batch(b"".join([c.encode() for c in cells])))
+        header = relay_unit_header(cid)
+        return [
+            Send(link, header + sealed[i : i + BODY_LEN]) for i in range(0, len(sealed), BODY_LEN)
+        ]
 
     def exit_close(self, ident: int, reason: DestroyReason) -> list[Action]:
         circuit = self._circuits.get(ident)
