@@ -67,6 +67,7 @@ def _descriptors(n: int) -> list[Descriptor]:
                 exit_policy=(),
                 bandwidth=1_000_000 + i,
                 software="qnet/0.1.0",
+                server_name=f"n{i}.example.net",
                 family=(),
                 id_ed25519=rnd(32),
                 id_mldsa65=rnd(1952),

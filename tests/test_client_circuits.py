@@ -22,8 +22,16 @@ from qnet.client import (
     Path,
     StreamRefused,
 )
+from qnet.client.mixed import ConsensusTopology
+from qnet.client.path import PathConfig, PathSelector
+from qnet.dir.consensus import Consensus, ConsensusEntry, bandwidth_weights
+from qnet.dir.descriptor import Action, Address, PolicyRule, Role, Transport
+from qnet.dir.flags import Flag
+from qnet.dir.vote import NodeSummary
 from qnet.htx import transport as T
+from qnet.htx.fingerprint import parse_client_hello
 from qnet.mix import sphinx as S
+from qnet.node.directory_agent import ConsensusDirectory
 from qnet.node.relay import RelayService
 from qnet.routing.circuit import HopRoute
 from qnet.routing.relay import DestroyReason
@@ -31,6 +39,7 @@ from qnet.routing.streams import EndReason
 
 #: The exit refuses this port (its policy), and everything that is not loopback.
 FORBIDDEN_PORT = 9
+HOST = "127.0.0.1"
 
 
 @dataclass
@@ -420,6 +429,163 @@ def test_dirty_circuits_take_no_new_streams() -> None:
                     await trio.sleep(0.01)
             assert await manager.circuit_for("k") is second
             assert first.closed and first.closed_reason is DestroyReason.REQUESTED
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+# --- each node is dialled under its own published server name -----------------------------------
+
+EPOCH = 500_000
+NAMES = ("static.amber-harbor.net", "cdn.birch-quartz.com", "www.coral-willow.org")
+
+
+async def sni_tap(nursery: trio.Nursery, target: int, seen: list[str | None]) -> int:
+    """A TCP listener in front of a node's: records the SNI of every connection's
+    ClientHello, then forwards both ways. Returns its port."""
+
+    async def pump(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+        try:
+            while data := await src.receive_some(65536):
+                await dst.send_all(data)
+            await dst.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+    async def read_exactly(sock: trio.SocketStream, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            data = await sock.receive_some(n - len(buf))
+            if not data:
+                raise EOFError
+            buf += data
+        return bytes(buf)
+
+    async def handle(client: trio.SocketStream) -> None:
+        try:
+            head = await read_exactly(client, 5)
+            record = head + await read_exactly(client, int.from_bytes(head[3:5], "big"))
+        except (EOFError, trio.BrokenResourceError):
+            return
+        seen.append(parse_client_hello(record).server_name)
+        async with await trio.open_tcp_stream("127.0.0.1", target) as upstream:
+            await upstream.send_all(record)
+            async with trio.open_nursery() as both:
+                both.start_soon(pump, client, upstream)
+                both.start_soon(pump, upstream, client)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    return int(listeners[0].socket.getsockname()[1])
+
+
+class ConsensusView(Directory):
+    """The relays' directory: a ``ConsensusDirectory`` over the test consensus."""
+
+    view: ConsensusDirectory | None = None
+
+    def peer_info(self, node_id: bytes) -> T.PeerInfo | None:
+        assert self.view is not None
+        return self.view.peer_info(node_id)
+
+    def node_for_link_key(self, link_public: bytes) -> bytes | None:
+        assert self.view is not None
+        return self.view.node_for_link_key(link_public)
+
+
+def consensus_of(hops: list[Hop], ports: list[int]) -> Consensus:
+    """Entry (Guard), middle, exit (Exit), each publishing its own ``NAMES[i]``."""
+    entries = []
+    for i, (hop, port) in enumerate(zip(hops, ports, strict=True)):
+        is_exit = i == 2
+        summary = NodeSummary(
+            digest=bytes(32),
+            published=0,
+            id_ed25519=bytes(32),
+            addresses=(Address(transport=Transport.TCP, ip=ipaddress.ip_address(HOST), port=port),),
+            roles=(Role.EXIT, Role.RELAY) if is_exit else (Role.RELAY,),
+            exit_policy=(
+                PolicyRule(
+                    action=Action.ACCEPT,
+                    network=ipaddress.ip_network("0.0.0.0/0"),
+                    port_min=1,
+                    port_max=65535,
+                ),
+            )
+            if is_exit
+            else (),
+            family=(),
+            bandwidth=1000,
+            software="qnet-test",
+            server_name=NAMES[i],
+            link_x25519=hop.htx.link.public_bytes,
+            kem_mlkem768=hop.htx.mlkem.public_bytes,
+            ticket_x25519=hop.htx.ticket.public_bytes,
+            ticket_key_id=3,
+            mix_epoch=EPOCH,
+            mix_current=hop.mix.public_bytes,
+            mix_next=S.MixKey.generate().public_bytes,
+        )
+        flags = {Flag.RUNNING, Flag.VALID, Flag.FAST, Flag.STABLE}
+        flags |= {Flag.EXIT} if is_exit else ({Flag.GUARD} if i == 0 else set())
+        entries.append(
+            ConsensusEntry(
+                node_id=hop.node_id,
+                descriptor=summary,
+                flags=frozenset(flags),
+                bandwidth=1000,
+                mix_layer=None,
+            )
+        )
+    nodes = tuple(sorted(entries, key=lambda e: e.node_id))
+    return Consensus(
+        epoch=EPOCH,
+        valid_after=0,
+        fresh_until=1,
+        valid_until=2,
+        voters=(bytes(32),),
+        params={},
+        srv=bytes(32),
+        srv_previous=bytes(32),
+        srv_reveals=0,
+        commits=(),
+        weights=bandwidth_weights((n.flags, n.bandwidth) for n in nodes),
+        nodes=nodes,
+    )
+
+
+def test_every_hop_is_dialled_under_its_own_published_server_name() -> None:
+    """The client dials the entry, the entry the middle and the middle the exit, each
+    with the SNI that node published (not one name for all), as a listener sees it."""
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            directory = ConsensusView()
+            hops = [await start_hop(nursery, directory, is_exit=i == 2) for i in range(3)]
+            seen: list[list[str | None]] = [[], [], []]
+            ports = [await sni_tap(nursery, h.port, s) for h, s in zip(hops, seen, strict=True)]
+            cons = consensus_of(hops, ports)
+            directory.view = ConsensusDirectory(cons)
+            # What the client builds from the consensus (qnet.client.app.Client._use).
+            selector = PathSelector(
+                cons, PathConfig.builder(enforce_distinct_subnets=False).build(), random.Random(1)
+            )
+            topology = ConsensusTopology(ConsensusDirectory(cons))
+            path = selector.build_path(None, now=1.0)
+            assert path.node_ids == tuple(h.node_id for h in hops)
+            assert [p.server_name for p in path.peers] == list(NAMES)
+            for hop, name in zip(hops, NAMES, strict=True):
+                peer = topology.peer_info(hop.node_id)
+                assert peer is not None and peer.server_name == name
+            port = await echo_server(nursery)
+            manager = CircuitManager(path.for_circuit)
+            await nursery.start(manager.run)
+            with trio.fail_after(20):
+                circuit = await manager.build()
+                stream = await circuit.open_stream(HOST, port)
+                assert await exchange(stream, b"hello, named hops") == b"hello, named hops"
+                await stream.aclose()
+            # Client -> entry, entry -> middle (node link), middle -> exit (node link).
+            assert [set(s) for s in seen] == [{name} for name in NAMES]
             nursery.cancel_scope.cancel()
 
     trio.run(main)

@@ -116,6 +116,7 @@ def desc(
         exit_policy=policy,
         bandwidth=1000 * (i + 1),
         software="qnet/test",
+        server_name=f"node{i}.example.net",
         family=(),
         id_ed25519=ident.public.ed25519,
         id_mldsa65=ident.public.mldsa65,

@@ -246,3 +246,166 @@ def test_node_id_commits_to_both_keys() -> None:
     assert node_id(ed, bytes(1952)) != node_id(ed, ml)
     with pytest.raises(ValueError):
         node_id(ed, ml[:-1])
+
+
+# --- server_name ------------------------------------------------------------------------------
+
+_LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def _is_host_name(name: str) -> bool:
+    """The rule of spec/directory.md §5, written out independently of the implementation."""
+    if not 1 <= len(name) <= 253:
+        return False
+    labels = name.split(".")
+    for label in labels:
+        if not 1 <= len(label) <= 63 or not set(label) <= _LDH:
+            return False
+        if label.startswith("-") or label.endswith("-"):
+            return False
+    return not all(c in "0123456789" for c in labels[-1])
+
+
+def _body_with_name(name: object) -> bytes:
+    body = E.decode(DESC.encode())
+    assert isinstance(body, dict)
+    body["server_name"] = name  # type: ignore[assignment]
+    return E.encode(body)
+
+
+def test_vector_descriptor_carries_its_server_name() -> None:
+    assert DESC.server_name == DOC["descriptor"]["fields"]["server_name"]
+    assert DESC.to_cbor()["server_name"] == DESC.server_name
+    assert D.DESCRIPTOR_VERSION == 2
+
+
+def test_descriptor_round_trips_with_another_server_name() -> None:
+    desc = dataclasses.replace(DESC, server_name="cdn.birch-quartz.com")
+    got = D.parse_and_verify(desc.sign(IDENT), NOW)
+    assert got == desc and got.server_name == "cdn.birch-quartz.com"
+    assert D.decode_body(desc.encode()).server_name == "cdn.birch-quartz.com"
+
+
+def test_server_name_is_covered_by_the_signatures() -> None:
+    raw = DESC.sign(IDENT)
+    body, sigs = D.split_envelope(raw)
+    swapped = _body_with_name("www.someone-else.org")
+    assert swapped != body
+    with pytest.raises(BadSignature):
+        D.parse_and_verify(D.envelope(swapped, sigs), NOW)
+
+
+def test_version_1_without_server_name_is_refused_as_a_version() -> None:
+    body = E.decode(DESC.encode())
+    assert isinstance(body, dict)
+    del body["server_name"]
+    body["version"] = 1
+    with pytest.raises(MalformedDocument) as info:
+        D.decode_body(E.encode(body))
+    assert info.value.reason == "bad_version"
+    body["version"] = 2
+    with pytest.raises(MalformedDocument) as info:
+        D.decode_body(E.encode(body))
+    assert info.value.reason == "missing_field"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "192.0.2.10",
+        "10.1",
+        "::1",
+        "2001:db8::10",
+        "[2001:db8::10]",
+        "example.net.",
+        ".example.net",
+        "static..example.net",
+        "Static.example.net",
+        "static_1.example.net",
+        "-static.example.net",
+        "static-.example.net",
+        "static example.net",
+        "st\u00e4tic.example.net",
+        "static.example.net\n",
+        "a" * 64 + ".net",
+        ".".join(["a" * 63] * 3 + ["b" * 62]),  # 254 characters
+        "example.123",
+    ],
+)
+def test_bad_server_names_are_refused(name: str) -> None:
+    assert not _is_host_name(name)
+    with pytest.raises(MalformedDocument) as info:
+        dataclasses.replace(DESC, server_name=name)
+    assert info.value.reason == "bad_value"
+    with pytest.raises(MalformedDocument) as info:
+        D.decode_body(_body_with_name(name))
+    assert info.value.reason == "bad_value" and "server_name" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "localhost",
+        "a",
+        "xn--bcher-kva.example",
+        "static.amber-harbor.net",
+        "1password.com",
+        "0.example.io",
+        ".".join(["a" * 63] * 3 + ["b" * 61]),  # 253 characters
+    ],
+)
+def test_good_server_names_are_accepted(name: str) -> None:
+    assert _is_host_name(name)
+    assert D.decode_body(_body_with_name(name)).server_name == name
+
+
+@pytest.mark.parametrize("value", [b"static.example.net", 7, None, ["a.net"], True])
+def test_server_name_must_be_text(value: object) -> None:
+    with pytest.raises(MalformedDocument) as info:
+        D.decode_body(_body_with_name(value))
+    assert info.value.reason == "bad_type" and "server_name" in str(info.value)
+
+
+_NAME_CHARS = "abz09-.AZ_ :é\n\x00"
+
+
+@FUZZ
+@given(
+    st.one_of(
+        st.text(alphabet=_NAME_CHARS, max_size=80),
+        st.lists(st.text(alphabet="az09-", max_size=64), min_size=1, max_size=6).map(".".join),
+        st.ip_addresses().map(str),
+        st.text(max_size=40),
+    )
+)
+def test_server_name_accepted_exactly_when_it_is_a_host_name(name: str) -> None:
+    try:
+        got = D.decode_body(_body_with_name(name))
+    except MalformedDocument as exc:
+        assert not _is_host_name(name), name
+        assert exc.reason == "bad_value" and "server_name" in str(exc)
+    else:
+        assert _is_host_name(name), name
+        assert got.server_name == name
+        with pytest.raises(ValueError):
+            ipaddress.ip_address(name)
+
+
+def test_consensus_summary_checks_the_server_name_too() -> None:
+    from qnet.dir.vote import NodeSummary, decode_summary
+
+    summary = NodeSummary.of(DESC, bytes(32))
+    assert decode_summary(summary.to_cbor()) == summary
+    assert decode_summary(summary.to_cbor()).server_name == DESC.server_name
+    for bad, reason in (("10.0.0.1", "bad_value"), ("a..b", "bad_value"), (b"a.b", "bad_type")):
+        raw = summary.to_cbor()
+        raw["server_name"] = bad
+        with pytest.raises(MalformedDocument) as info:
+            decode_summary(raw)
+        assert info.value.reason == reason
+    raw = summary.to_cbor()
+    del raw["server_name"]
+    with pytest.raises(MalformedDocument) as info:
+        decode_summary(raw)
+    assert info.value.reason == "missing_field"

@@ -116,6 +116,7 @@ class TestNode:
             exit_policy=(),
             bandwidth=500_000,
             software="qnet-test 0",
+            server_name="static.test-node.net",
             family=(),
             id_ed25519=pub.ed25519,
             id_mldsa65=pub.mldsa65,
@@ -586,6 +587,8 @@ def test_testnet_keys_writes_keys_and_a_list_the_node_config_reads(tmp_path: Pat
     cfg = parse_config('[directory]\nauthorities_file = "authorities.toml"\n', tmp_path)
     entries = cfg.directory.authorities
     assert [e.port for e in entries] == [7101, 7102, 7103]
+    assert len({e.server_name for e in entries}) == 3  # each its own name, none "localhost"
+    assert "localhost" not in {e.server_name for e in entries}
     authorities = Authorities.of(e.identity for e in entries)
     assert authorities.threshold == 2
     assert all((tmp_path / f"auth{i}" / "keys" / "identity.key").exists() for i in (1, 2, 3))

@@ -107,7 +107,10 @@ def test_descriptor_carries_the_config_and_keys(tmp_path: Path) -> None:
         tmp_path,
         "exit1",
         ["relay", "exit", "mix"],
-        extra='quic_port = 4433\nadvertise = "192.0.2.7"\n[exit]\npolicy = ["accept *:443"]',
+        extra=(
+            'quic_port = 4433\nadvertise = "192.0.2.7"\nserver_name = "Static.Amber-Harbor.net"\n'
+            '[exit]\npolicy = ["accept *:443"]'
+        ),
         tcp_port=8443,
     )
     keys = open_keys(cfg.node.data_dir)
@@ -115,6 +118,8 @@ def test_descriptor_carries_the_config_and_keys(tmp_path: Path) -> None:
     raw = build_descriptor(cfg, keys, 500, now, bandwidth=123_456, family=[bytes(32)])
     d = parse_and_verify(raw, now)
     assert d.node_id == keys.identity.node_id and d.published == now
+    # [htx] server_name (lower-cased by the config: one spelling) is published and signed.
+    assert cfg.htx.server_name == d.server_name == "static.amber-harbor.net"
     assert {(a.transport, str(a.ip), a.port) for a in d.addresses} == {
         (Transport.TCP, "192.0.2.7", 8443),
         (Transport.QUIC, "192.0.2.7", 4433),
@@ -191,7 +196,7 @@ def local_consensus(tmp_path: Path, epoch: int) -> tuple[Consensus, list[KeyStor
     now = PARAMS.times(epoch)[0] - 1
     stores, obs = [], []
     for i, roles in enumerate((["relay", "mix"], ["relay", "exit", "mix"], ["mix"])):
-        cfg = node_config(tmp_path, f"n{i}", roles)
+        cfg = node_config(tmp_path, f"n{i}", roles, extra=f'server_name = "n{i}.example.net"')
         keys = open_keys(cfg.node.data_dir)
         stores.append(keys)
         raw = build_descriptor(cfg, keys, epoch, now, tcp_port=7000 + i)
@@ -221,6 +226,7 @@ def test_consensus_directory_answers_the_relay_and_the_mix_role(tmp_path: Path) 
         peer = view.peer_info(nid)
         assert peer is not None
         assert (peer.host, peer.port) == ("127.0.0.1", 7000 + i)
+        assert peer.server_name == f"n{i}.example.net"  # its own published name, SNI and Host
         assert peer.link_public == keys.link.public_bytes
         assert peer.mlkem_public == keys.mlkem.public_bytes
         assert peer.ticket_public == keys.ticket_current.key.public_bytes

@@ -103,6 +103,12 @@ BAD = [
     ("[htx]\nquic_port = '443'", "htx.quic_port", "integer"),
     ("[htx]\nadvertise = '0.0.0.0'", "htx.advertise", "reachable"),
     ("[htx]\nserver_name = 'bad name'", "htx.server_name", "DNS name"),
+    # The descriptor's rule (spec/directory.md §5): a config that loads can be published.
+    ("[htx]\nserver_name = '127.0.0.1'", "htx.server_name", "not an IP address"),
+    ("[htx]\nserver_name = 'static..example.net'", "htx.server_name", "DNS name"),
+    ("[htx]\nserver_name = 'example.net.'", "htx.server_name", "DNS name"),
+    ("[htx]\nserver_name = 'a_b.example.net'", "htx.server_name", "DNS name"),
+    ("[htx]\nserver_name = '\u212a.example.net'", "htx.server_name", "DNS name"),
     ("[htx]\nhandshake_timeout = 0", "htx.handshake_timeout", "more than 0"),
     ("[htx]\nhandshake_timeout = nan", "htx.handshake_timeout", "more than 0"),
     ("[exit]\npolicy = 'accept *:*'", "exit.policy", "array"),

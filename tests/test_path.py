@@ -90,6 +90,7 @@ def node(
             family=tuple(sorted(nid(f) for f in family)),
             bandwidth=bw,
             software="qnet-test",
+            server_name=f"node{i}.example.net",
             link_x25519=bytes([i % 256]) * 32,
             kem_mlkem768=bytes(1184),
             ticket_x25519=bytes([1]) * 32,
@@ -175,6 +176,7 @@ def check_path(sel: PathSelector, path: Path, port: int | None) -> None:
         assert p.link_public == n.descriptor.link_x25519
         assert p.port == n.descriptor.addresses[0].port
         assert p.host == str(n.descriptor.addresses[0].ip)
+        assert p.server_name == n.descriptor.server_name  # each hop's own published name
 
 
 # --- weighting --------------------------------------------------------------------------------

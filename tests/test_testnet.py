@@ -6,6 +6,7 @@ for the module with ``qnet testnet start`` and stopped at the end.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import shutil
@@ -13,11 +14,17 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
+from qnet.dir.client import fetch_consensus
+from qnet.dir.descriptor import server_name_problem
+from qnet.dir.vote import Authorities
+from qnet.node.config import load_client_config, load_config
 from qnet.testnet.plan import Layout, NetworkPlan, lay_out
 from qnet.testnet.run import _check_free, _http_get, _socks_connect, start, stop
 
@@ -82,6 +89,31 @@ def socks_reply_code(plan: NetworkPlan, port: int) -> int:
         host = b"127.0.0.1"
         s.sendall(b"\x05\x01\x00\x03" + bytes([len(host)]) + host + port.to_bytes(2, "big"))
         return s.recv(10)[1]
+
+
+def test_every_node_is_listed_under_its_own_server_name(net: NetworkPlan) -> None:
+    """Each node has its own plausible TLS name (not "localhost"), publishes it in its
+    descriptor, and the consensus the proxy follows carries it (spec/directory.md §5)."""
+    names = {n.name: n.server_name for n in net.nodes}
+    assert len(set(names.values())) == len(names)
+    assert all(server_name_problem(v) is None and "." in v for v in names.values())
+    for n in net.nodes:
+        assert load_config(n.config).htx.server_name == n.server_name
+    client = load_client_config(Path(net.directory) / "client" / "client.toml")
+    entries = client.directory.authorities
+    assert [e.server_name for e in entries] == [names[f"auth{i + 1}"] for i in range(len(entries))]
+    got = trio.run(
+        functools.partial(
+            fetch_consensus,
+            [e.peer() for e in entries],
+            Authorities.of(e.identity for e in entries),
+            int(time.time()),
+        )
+    )
+    published = [e.descriptor.server_name for e in got.consensus.nodes]
+    publishing = {v for k, v in names.items() if not k.startswith("auth")}
+    assert len(published) >= 3 and len(set(published)) == len(published)
+    assert set(published) <= publishing
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

@@ -125,6 +125,7 @@ def descriptor(n: int, epoch: int) -> Descriptor:
         exit_policy=policy,
         bandwidth=(n + 1) * 5_000_000,
         software="qnet/0.1.0",
+        server_name=f"www.{name}.example.net",
         family=(),
         id_ed25519=ident.public.ed25519,
         id_mldsa65=ident.public.mldsa65,

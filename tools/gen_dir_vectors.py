@@ -98,6 +98,24 @@ NEGATIVE: list[tuple[str, str, str]] = [
 ]
 
 
+#: Server names a descriptor must refuse (``bad_value``), with the vector's name suffix.
+BAD_SERVER_NAMES: list[tuple[str, str]] = [
+    ("empty", ""),
+    ("ipv4-literal", "192.0.2.10"),
+    ("numeric-last-label", "10.1"),
+    ("ipv6-literal", "2001:db8::10"),
+    ("trailing-dot", "static.example.net."),
+    ("empty-label", "static..example.net"),
+    ("upper-case", "Static.Example.net"),
+    ("underscore", "static_1.example.net"),
+    ("hyphen-at-label-end", "static-.example.net"),
+    ("label-64", "a" * 64 + ".example.net"),
+    ("name-254", ".".join(["a" * 63] * 3 + ["b" * 62])),
+    ("non-ascii", "st\u00e4tic.example.net"),
+    ("space", "static example.net"),
+]
+
+
 def encoding_vectors() -> dict[str, Any]:
     return {
         "limits": {
@@ -139,6 +157,7 @@ def descriptor(ident: Identity) -> Descriptor:
         exit_policy=policy,
         bandwidth=12_500_000,
         software="qnet/0.1.0",
+        server_name="static.quiet-harbor.example.net",
         family=canonical_order(family, lambda f: f),
         id_ed25519=ident.public.ed25519,
         id_mldsa65=ident.public.mldsa65,
@@ -179,6 +198,7 @@ def descriptor_json(d: Descriptor) -> dict[str, Any]:
         ],
         "bandwidth": d.bandwidth,
         "software": d.software,
+        "server_name": d.server_name,
         "family": [hx(f) for f in d.family],
         "id_ed25519": hx(d.id_ed25519),
         "id_mldsa65": hx(d.id_mldsa65),
@@ -317,9 +337,36 @@ def descriptor_vectors(previous: dict[str, Any] | None) -> dict[str, Any]:
         neg("body-non-shortest-int", envelope(long_int, sigs), "MalformedDocument", "non_shortest"),
         neg(
             "body-unknown-version",
-            envelope(_body_with(body, version=2), sigs),
+            envelope(_body_with(body, version=3), sigs),
             "MalformedDocument",
             "bad_version",
+        ),
+        neg(
+            "body-version-1",  # the version before server_name: refused, not read without it
+            envelope(_body_with(body, version=1, server_name=None), sigs),
+            "MalformedDocument",
+            "bad_version",
+        ),
+        neg(
+            "body-missing-server-name",
+            envelope(_body_with(body, server_name=None), sigs),
+            "MalformedDocument",
+            "missing_field",
+        ),
+        neg(
+            "body-server-name-bytes",
+            envelope(_body_with(body, server_name=desc.server_name.encode()), sigs),
+            "MalformedDocument",
+            "bad_type",
+        ),
+        *(
+            neg(
+                f"body-server-name-{label}",
+                envelope(_body_with(body, server_name=bad), sigs),
+                "MalformedDocument",
+                "bad_value",
+            )
+            for label, bad in BAD_SERVER_NAMES
         ),
     ]
     return {

@@ -131,8 +131,6 @@ class PathConfig:
     long_lived_ports: a request for one of these ports needs Stable hops (Tor's list).
     isolate_exits: a request with an isolation key avoids the exits last given to
         other isolation keys while another allowed exit exists (True).
-    server_name: the SNI/Host a dial claims; the consensus does not carry a node's
-        cover-site name yet, so one name is used for every peer ("localhost").
     """
 
     n_hops: int = 3
@@ -144,7 +142,6 @@ class PathConfig:
     require_exit_flag: bool = True
     long_lived_ports: frozenset[int] = LONG_LIVED_PORTS
     isolate_exits: bool = True
-    server_name: str = "localhost"
 
     def __post_init__(self) -> None:
         owner = "PathConfig"
@@ -159,8 +156,6 @@ class PathConfig:
             isinstance(p, int) and 1 <= p <= 65535 for p in self.long_lived_ports
         ):
             raise TypeError(f"{owner}.long_lived_ports must be a frozenset of ports")
-        if not isinstance(self.server_name, str) or not self.server_name:
-            raise TypeError(f"{owner}.server_name must be a non-empty str")
 
     @classmethod
     def builder(cls, **values: Any) -> ConfigBuilder[PathConfig]:
@@ -384,7 +379,7 @@ class PathSelector:
                 mlkem_public=d.kem_mlkem768,
                 ticket_public=d.ticket_x25519,
                 ticket_key_id=d.ticket_key_id,
-                server_name=cfg.server_name,
+                server_name=d.server_name,  # the node's own published name (SNI, Host)
             )
             nodes[e.node_id] = _Node(
                 entry=e,

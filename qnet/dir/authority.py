@@ -105,8 +105,6 @@ class AuthorityConfig:
     limits: ProtocolLimits = protocol.DEFAULT_LIMITS
     #: The Noise static key this authority dials with (``None``: a fresh one per link).
     link_private: bytes | None = None
-    #: The TLS server name used when dialling nodes for reachability tests.
-    server_name: str = "localhost"
     measured_bandwidth: Callable[[Descriptor], int] = lambda d: d.bandwidth
     clock: Callable[[], float] = time.time
 
@@ -308,7 +306,7 @@ class AuthorityService:
                 mlkem_public=desc.kem_mlkem768,
                 ticket_public=desc.ticket_x25519,
                 ticket_key_id=desc.ticket_key_id,
-                server_name=self.config.server_name,
+                server_name=desc.server_name,  # what a client will claim, too
             )
             try:
                 with trio.fail_after(self.config.reach_timeout):

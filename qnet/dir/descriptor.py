@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, TypeVar
@@ -30,7 +31,8 @@ from qnet.dir.identity import (
 )
 from qnet.errors import MalformedDocument, StaleDocument
 
-DESCRIPTOR_VERSION: Final = 1
+#: 2: ``server_name`` added (required). Version 1 bodies are refused (``bad_version``).
+DESCRIPTOR_VERSION: Final = 2
 DESCRIPTOR_CONTEXT: Final = b"qnet-dir-v1 descriptor\x00"
 X25519_PUBLIC_LEN: Final = 32
 MLKEM768_PUBLIC_LEN: Final = 1184
@@ -41,6 +43,7 @@ MAX_ADDRESSES: Final = 8
 MAX_POLICY_RULES: Final = 64
 MAX_FAMILY: Final = 32
 MAX_SOFTWARE_LEN: Final = 64
+MAX_SERVER_NAME_LEN: Final = 253
 MAX_BANDWIDTH: Final = 2**48 - 1  # bytes per second
 MAX_EPOCH: Final = 2**48 - 1
 
@@ -71,6 +74,40 @@ class Action(enum.StrEnum):
 
 def _bad(reason: str, field: str, why: str) -> MalformedDocument:
     return MalformedDocument(reason, f"{field}: {why}")
+
+
+_LABEL: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def server_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a server name a descriptor may carry (``None``: it is).
+
+    A server name (spec/directory.md §5) is a DNS host name in one spelling:
+    1..253 characters, dot-separated labels of 1..63 lower-case letters, digits
+    and hyphens, no label starting or ending with a hyphen, no empty label (so
+    no leading, doubled or trailing dot), and not an IP literal: the last label
+    is not all digits (which also refuses ``127.0.0.1`` and ``10.1``).
+    """
+    if not 1 <= len(name) <= MAX_SERVER_NAME_LEN:
+        return f"must be 1..{MAX_SERVER_NAME_LEN} characters"
+    labels = name.split(".")
+    for label in labels:
+        if not _LABEL.fullmatch(label):
+            return "must be dot-separated labels of 1..63 of a-z 0-9 - (not at a label's ends)"
+    if labels[-1].isdigit():
+        return "must be a host name, not an IP address"
+    return None
+
+
+def check_server_name(field: str, value: object) -> str:
+    """``value`` if it is a valid server name; ``MalformedDocument`` naming ``field``
+    otherwise (``bad_type`` for a non-string, ``bad_value`` for a bad name)."""
+    if not isinstance(value, str):
+        raise _bad("bad_type", field, "must be str")
+    why = server_name_problem(value)
+    if why is not None:
+        raise _bad("bad_value", field, why)
+    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,6 +181,7 @@ class Descriptor:
     exit_policy: tuple[PolicyRule, ...]
     bandwidth: int
     software: str
+    server_name: str
     family: tuple[bytes, ...]
     id_ed25519: bytes
     id_mldsa65: bytes
@@ -180,6 +218,7 @@ class Descriptor:
             raise _bad("bad_value", "software", f"must be 1..{MAX_SOFTWARE_LEN} characters")
         if not all(0x20 <= ord(c) < 0x7F for c in self.software):
             raise _bad("bad_value", "software", "must be printable ASCII")
+        check_server_name("server_name", self.server_name)
         if not 1 <= len(self.addresses) <= MAX_ADDRESSES:
             raise _bad("bad_value", "addresses", f"need 1..{MAX_ADDRESSES}")
         _check_sorted_set("addresses", [a.to_cbor() for a in self.addresses])
@@ -219,6 +258,7 @@ class Descriptor:
             "exit_policy": [r.to_cbor() for r in self.exit_policy],
             "bandwidth": self.bandwidth,
             "software": self.software,
+            "server_name": self.server_name,
             "family": list(self.family),
             "id_ed25519": self.id_ed25519,
             "id_mldsa65": self.id_mldsa65,
@@ -265,6 +305,7 @@ _BODY_KEYS: Final = frozenset(
         "exit_policy",
         "bandwidth",
         "software",
+        "server_name",
         "family",
         "id_ed25519",
         "id_mldsa65",
@@ -350,9 +391,13 @@ def decode_body(body: bytes) -> Descriptor:
 
     No signature or freshness check: use ``parse_and_verify`` for input from peers.
     """
-    m = _exact_map("descriptor", encoding.decode(body, BODY_LIMITS), _BODY_KEYS)
-    if _typed("version", m["version"], int) != DESCRIPTOR_VERSION:
-        raise _bad("bad_version", "version", f"only {DESCRIPTOR_VERSION} is known")
+    raw = encoding.decode(body, BODY_LIMITS)
+    # The version first: a body of another version has other keys, and saying so
+    # (``bad_version``) beats naming the first key that differs.
+    if isinstance(raw, dict) and "version" in raw:
+        if _typed("version", raw["version"], int) != DESCRIPTOR_VERSION:
+            raise _bad("bad_version", "version", f"only {DESCRIPTOR_VERSION} is known")
+    m = _exact_map("descriptor", raw, _BODY_KEYS)
     return Descriptor(
         node_id=_typed("node_id", m["node_id"], bytes),
         published=_typed("published", m["published"], int),
@@ -361,6 +406,7 @@ def decode_body(body: bytes) -> Descriptor:
         exit_policy=tuple(_rule(r) for r in _array("exit_policy", m["exit_policy"])),
         bandwidth=_typed("bandwidth", m["bandwidth"], int),
         software=_typed("software", m["software"], str),
+        server_name=check_server_name("server_name", m["server_name"]),
         family=tuple(_typed("family[]", f, bytes) for f in _array("family", m["family"])),
         id_ed25519=_typed("id_ed25519", m["id_ed25519"], bytes),
         id_mldsa65=_typed("id_mldsa65", m["id_mldsa65"], bytes),

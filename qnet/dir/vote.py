@@ -37,6 +37,7 @@ from qnet.dir.descriptor import (
     _exact_map,
     _rule,
     _typed,
+    check_server_name,
     envelope,
 )
 from qnet.dir.flags import DEFAULT_RULES, Flag, FlagRules, Observation, assign_flags
@@ -203,6 +204,7 @@ class NodeSummary:
     family: tuple[bytes, ...]
     bandwidth: int
     software: str
+    server_name: str
     link_x25519: bytes
     kem_mlkem768: bytes
     ticket_x25519: bytes
@@ -223,6 +225,7 @@ class NodeSummary:
             family=desc.family,
             bandwidth=desc.bandwidth,
             software=desc.software,
+            server_name=desc.server_name,
             link_x25519=desc.link_x25519,
             kem_mlkem768=desc.kem_mlkem768,
             ticket_x25519=desc.ticket_x25519,
@@ -243,6 +246,7 @@ class NodeSummary:
             "family": list(self.family),
             "bandwidth": self.bandwidth,
             "software": self.software,
+            "server_name": self.server_name,
             "link_x25519": self.link_x25519,
             "kem_mlkem768": self.kem_mlkem768,
             "ticket_x25519": self.ticket_x25519,
@@ -264,6 +268,7 @@ _SUMMARY_KEYS: Final = frozenset(
         "family",
         "bandwidth",
         "software",
+        "server_name",
         "link_x25519",
         "kem_mlkem768",
         "ticket_x25519",
@@ -324,6 +329,7 @@ def decode_summary(value: object) -> NodeSummary:
         family=tuple(fixed("family[]", f, NODE_ID_LEN) for f in family),
         bandwidth=uint("bandwidth", m["bandwidth"], MAX_BANDWIDTH),
         software=software,
+        server_name=check_server_name("server_name", m["server_name"]),
         link_x25519=fixed("link_x25519", m["link_x25519"], X25519_PUBLIC_LEN),
         kem_mlkem768=fixed("kem_mlkem768", m["kem_mlkem768"], MLKEM768_PUBLIC_LEN),
         ticket_x25519=fixed("ticket_x25519", m["ticket_x25519"], X25519_PUBLIC_LEN),

@@ -35,6 +35,7 @@ from qnet.dir.descriptor import (
     IPNetwork,
     PolicyRule,
     Role,
+    server_name_problem,
 )
 from qnet.dir.identity import ED25519_PUBLIC_LEN, MLDSA65_PUBLIC_LEN, PublicIdentity
 from qnet.errors import QNetError
@@ -486,15 +487,25 @@ def _node(t: _Table, base: Path) -> NodeSection:
 _PORT = _int_range(0, 65535)
 
 
+def _server_name(key: str, value: object) -> str:
+    """A DNS host name as a descriptor carries it (spec/directory.md §5), lower-cased:
+    a name the descriptor would refuse could never be published."""
+    text = _str(key, value)
+    # ASCII first: lower() maps a few non-ASCII letters to ASCII ones (K, the Kelvin sign).
+    name = text.lower() if text.isascii() else text
+    why = server_name_problem(name)
+    if why is not None:
+        raise ConfigError(key, value, f"must be a DNS name: {why}")
+    return name
+
+
 def _htx(t: _Table, base: Path) -> HtxSection:
     d = HtxSection()
     host = t.get("host", _ip_literal, d.host)
     advertise = t.get("advertise", _ip_literal, None)
     if advertise is not None and ipaddress.ip_address(advertise).is_unspecified:
         raise ConfigError(t.key("advertise"), advertise, "must be a reachable address")
-    server_name = t.get("server_name", _str, d.server_name)
-    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", server_name):
-        raise ConfigError(t.key("server_name"), server_name, "must be a DNS name")
+    server_name = t.get("server_name", _server_name, d.server_name)
     return HtxSection(
         host=host,
         tcp_port=t.get("tcp_port", _PORT, d.tcp_port),
@@ -537,7 +548,7 @@ def _authority(t: _Table) -> AuthorityEntry:
         kem_mlkem768=t.get("kem_mlkem768", _hex(MLKEM768_PUBLIC_LEN), b""),
         ticket_x25519=t.get("ticket_x25519", _hex(X25519_PUBLIC_LEN), b""),
         ticket_key_id=t.get("ticket_key_id", _int_range(0, 255), -1),
-        server_name=t.get("server_name", _str, "localhost"),
+        server_name=t.get("server_name", _server_name, "localhost"),
     )
     t.done()
     return entry

@@ -135,10 +135,13 @@ def build_descriptor(
 
     Addresses: ``htx.advertise`` (or ``htx.host`` when it is not a wildcard) with
     the TCP port and, when QUIC is on, the QUIC port; ``tcp_port`` / ``quic_port``
-    give the bound ports when the config says 0. The exit policy is
-    ``config.exit.rules`` for a node with the exit role and empty otherwise (a
-    node without the role allows nothing whatever its policy says). Mix keys are
-    those of ``epoch`` and ``epoch + 1`` (created in the key store if absent).
+    give the bound ports when the config says 0. ``server_name`` is
+    ``htx.server_name``, the name the node's certificate and cover site are made
+    for: dialers claim it as TLS SNI and HTTP authority, so each node is reached
+    under its own name. The exit policy is ``config.exit.rules`` for a node with
+    the exit role and empty otherwise (a node without the role allows nothing
+    whatever its policy says). Mix keys are those of ``epoch`` and ``epoch + 1``
+    (created in the key store if absent).
 
     Raises ``ValueError`` when the config cannot be published (a wildcard host
     without ``advertise``, port 0 without the bound port, a bad bandwidth or family,
@@ -159,6 +162,7 @@ def build_descriptor(
         exit_policy=tuple(policy),
         bandwidth=min(bandwidth, MAX_BANDWIDTH),
         software=SOFTWARE,
+        server_name=config.htx.server_name,
         family=canonical_order(set(family), lambda f: f),
         id_ed25519=ident.public.ed25519,
         id_mldsa65=ident.public.mldsa65,
@@ -192,20 +196,13 @@ class ConsensusDirectory:
     """A verified consensus, indexed for the relay, the path selector and the mix role.
 
     Implements the relay's ``DirectoryView`` (``peer_info``, ``node_for_link_key``).
-    ``server_name`` is what dialers claim as TLS SNI / Host: descriptors do not
-    carry a node's cover-site name, so one name is used for every node.
+    A ``PeerInfo`` claims the node's own published ``server_name`` as TLS SNI and
+    HTTP authority (spec/directory.md §5), never one name for every node.
     """
 
-    def __init__(
-        self,
-        consensus: Consensus,
-        *,
-        own_id: bytes | None = None,
-        server_name: str = "localhost",
-    ) -> None:
+    def __init__(self, consensus: Consensus, *, own_id: bytes | None = None) -> None:
         self.consensus = consensus
         self.own_id = own_id
-        self.server_name = server_name
         self._by_id = {e.node_id: e for e in consensus.nodes}
         self._by_link = {e.descriptor.link_x25519: e.node_id for e in consensus.nodes}
 
@@ -253,7 +250,7 @@ class ConsensusDirectory:
             mlkem_public=d.kem_mlkem768,
             ticket_public=d.ticket_x25519,
             ticket_key_id=d.ticket_key_id,
-            server_name=self.server_name,
+            server_name=d.server_name,
         )
 
     def node_for_link_key(self, link_public: bytes) -> bytes | None:
@@ -329,7 +326,6 @@ class DirectoryAgent:
         vote_lead: float | None = None,
         fetch_delay: float | None = None,
         request_timeout: float = REQUEST_TIMEOUT,
-        server_name: str = "localhost",
     ) -> None:
         entries = config.directory.authorities
         if not entries:
@@ -343,7 +339,6 @@ class DirectoryAgent:
         self.bandwidth = bandwidth
         self.family = tuple(family)
         self.extra_caches = tuple(caches)
-        self.server_name = server_name
         self.request_timeout = request_timeout
         self.epoch_seconds = config.directory.epoch_seconds
         self.params = DirectoryParams(epoch_length=self.epoch_seconds)
@@ -410,7 +405,7 @@ class DirectoryAgent:
         held = self.current
         if held is not None and cons.epoch <= held.epoch:
             return None
-        self.directory = ConsensusDirectory(cons, own_id=self.node_id, server_name=self.server_name)
+        self.directory = ConsensusDirectory(cons, own_id=self.node_id)
         if self.published is not None:
             try:
                 self.cache.offer_descriptor(self.published)

@@ -11,10 +11,17 @@ Everything goes under one directory::
 
 Ports are consecutive from ``base_port``: authorities first, then relays, exits,
 the web server; the SOCKS proxy listens on ``socks_port``.
+
+Each node gets its own plausible TLS server name (``server_name_for``, e.g.
+``static.amber-harbor.net``): its certificate and cover site are made for it,
+its descriptor publishes it, and every dialer claims it as SNI and HTTP
+authority, as on a real network (spec/directory.md §5). Certificates are
+self-signed and never checked against the name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +30,29 @@ from pathlib import Path
 from qnet.node.keys import KeyStore
 
 HOST = "127.0.0.1"
-SERVER_NAME = "localhost"
+
+_PREFIXES = ("static", "cdn", "www", "assets", "media", "img")
+_WORDS = (
+    "amber", "birch", "cedar", "coral", "delta", "ember", "fable", "grove",
+    "harbor", "indigo", "juniper", "kestrel", "lumen", "maple", "nimbus", "orchid",
+    "pebble", "quartz", "raven", "sable", "tidal", "umber", "velvet", "willow",
+    "yonder", "zephyr", "atlas", "brook", "cinder", "dune", "fern", "glacier",
+)  # fmt: skip
+_TLDS = ("net", "com", "org", "io")
+
+
+def server_name_for(name: str, taken: frozenset[str] | set[str] = frozenset()) -> str:
+    """A plausible host name for node ``name`` (``static.amber-harbor.net`` style),
+    the same on every run and none of ``taken``."""
+    for attempt in range(1000):
+        h = hashlib.sha256(f"qnet-testnet-name {name} {attempt}".encode()).digest()
+        first, second = _WORDS[h[1] % len(_WORDS)], _WORDS[h[2] % len(_WORDS)]
+        if first == second:
+            continue
+        host = f"{_PREFIXES[h[0] % len(_PREFIXES)]}.{first}-{second}.{_TLDS[h[3] % len(_TLDS)]}"
+        if host not in taken:
+            return host
+    raise RuntimeError("no free server name")  # pragma: no cover - 6 * 32 * 31 * 4 names
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +84,8 @@ class NodePlan:
     port: int
     config: str
     data_dir: str
+    #: The node's TLS server name (``[htx] server_name``, published in its descriptor).
+    server_name: str = ""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -76,8 +107,8 @@ class NetworkPlan:
         return cls(nodes=nodes, **raw)
 
 
-def _authority_entry(store: KeyStore, nickname: str, port: int) -> str:
-    peer = store.peer_info(HOST, port, SERVER_NAME)
+def _authority_entry(store: KeyStore, nickname: str, port: int, server_name: str) -> str:
+    peer = store.peer_info(HOST, port, server_name)
     ident = store.identity.public
     return "\n".join(
         [
@@ -85,7 +116,7 @@ def _authority_entry(store: KeyStore, nickname: str, port: int) -> str:
             f'nickname = "{nickname}"',
             f'address = "{HOST}"',
             f"port = {port}",
-            f'server_name = "{SERVER_NAME}"',
+            f'server_name = "{server_name}"',
             f'id_ed25519 = "{ident.ed25519.hex()}"',
             f'id_mldsa65 = "{ident.mldsa65.hex()}"',
             f'link_x25519 = "{peer.link_public.hex()}"',
@@ -97,7 +128,9 @@ def _authority_entry(store: KeyStore, nickname: str, port: int) -> str:
     )
 
 
-def _node_config(name: str, roles: list[str], port: int, layout: Layout, index: int) -> str:
+def _node_config(
+    name: str, roles: list[str], port: int, layout: Layout, index: int, server_name: str
+) -> str:
     # Each exit connects from its own loopback address, so the web server can tell
     # which exit a stream left from (tests of stream isolation use this).
     bind = f'bind_address = "127.0.0.{10 + index}"\n' if "exit" in roles else ""
@@ -111,7 +144,7 @@ log_level = "info"
 [htx]
 host = "{HOST}"
 tcp_port = {port}
-server_name = "{SERVER_NAME}"
+server_name = "{server_name}"
 
 [exit]
 # Port 25 is refused by policy (tests check the SOCKS reply for that); the rest is open.
@@ -157,15 +190,19 @@ def lay_out(layout: Layout) -> NetworkPlan:
         ("mix", layout.mixes, ["mix"]),
     ]
     now = time.time()
+    names: set[str] = set()
     for prefix, count, roles in groups:
         for i in range(1, count + 1):
             name = f"{prefix}{i}"
+            server_name = server_name_for(name, names)
+            names.add(server_name)
             home = root / name
             home.mkdir(exist_ok=True, mode=0o700)
-            store = KeyStore.open(home / "data", server_name=SERVER_NAME, now=now)
+            # A certificate that exists is kept (the name is not checked by dialers).
+            store = KeyStore.open(home / "data", server_name=server_name, now=now)
             if prefix == "auth":
-                entries.append(_authority_entry(store, name, port))
-            (home / "node.toml").write_text(_node_config(name, roles, port, layout, i))
+                entries.append(_authority_entry(store, name, port, server_name))
+            (home / "node.toml").write_text(_node_config(name, roles, port, layout, i, server_name))
             plan.nodes.append(
                 NodePlan(
                     name=name,
@@ -173,6 +210,7 @@ def lay_out(layout: Layout) -> NetworkPlan:
                     port=port,
                     config=str(home / "node.toml"),
                     data_dir=str(home / "data"),
+                    server_name=server_name,
                 )
             )
             port += 1
