@@ -5,11 +5,16 @@ the RFC 9001 Initial keys, and compared with ``spec/templates/*quic-h3.json``:
 per packet, the CRYPTO byte ranges (Chromium's head + tail, then middle), the
 fragment/PING/PADDING counts and the packet-number length. Moving hello bytes
 between packets must not break aioquic's loss recovery: a handshake through a
-proxy that drops either first datagram still completes. Every later datagram
-that begins with an Initial (ACK-only, Initial + Handshake + 1-RTT, two Initials
-after a loss) is 1,250 bytes like Chromium's, padded inside its last Initial
-packet with nothing after the last packet. The sans-I/O range, layout and
-padding helpers are checked on their own with hypothesis.
+proxy that drops either first datagram still completes, and the lost bytes go
+out again in one Initial laid out like the first (a lost head and tail
+together, as Chromium sends them). Every later datagram that begins with an
+Initial (ACK-only, a retransmission, Initial + Handshake + 1-RTT) is 1,250
+bytes like Chromium's, padded inside its last Initial packet with nothing after
+the last packet; in Initial + Handshake + 1-RTT the Initial takes the padding,
+not the 1-RTT packet. The server's Initial-bearing datagrams keep aioquic's
+size but are padded inside the Initial too, not with zeros after the last
+packet. The sans-I/O range, layout and padding helpers are checked on their own
+with hypothesis.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.crypto import CryptoPair
 from aioquic.tls import Epoch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -36,7 +43,9 @@ from qnet.htx.tls import (
     CHROME_QUIC_TEMPLATE,
     CryptoSplit,
     QuicLayout,
+    QuicPacketLayout,
     TlsClientConfig,
+    TlsServerConfig,
     default_template,
 )
 from qnet.htx.transport import PeerInfo
@@ -212,10 +221,14 @@ async def _serving(node: Node) -> AsyncIterator[int]:
 
 @asynccontextmanager
 async def _dropping_proxy(
-    server_port: int, drop: Callable[[int], bool], seen: list[bytes]
+    server_port: int,
+    drop: Callable[[int], bool],
+    seen: list[bytes],
+    answers: list[bytes] | None = None,
 ) -> AsyncIterator[int]:
     """A loopback UDP relay; client datagram number ``n`` (from 0) is not forwarded if
-    ``drop(n)``. Every client datagram is appended to ``seen``."""
+    ``drop(n)``. Every client datagram is appended to ``seen``, every server datagram
+    to ``answers``."""
     front = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     back = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with front, back:
@@ -234,6 +247,8 @@ async def _dropping_proxy(
         async def down() -> None:
             while True:
                 data, _ = await back.recvfrom(65536)
+                if answers is not None:
+                    answers.append(data)
                 if client:
                     await front.sendto(data, client[0])
 
@@ -253,9 +268,12 @@ def _initial_crypto(datagram: bytes, dcid: bytes) -> list[qi.Frame]:
     return [f for p in packets for f in p.frames if f.kind == "crypto"]
 
 
-def _handshake_through_proxy(dropped: int | None) -> list[bytes]:
+def _handshake_through_proxy(
+    dropped: int | None, answers: list[bytes] | None = None
+) -> list[bytes]:
     """Every client datagram of a dial_quic <-> serve_quic link that carries data,
-    the client's datagram number ``dropped`` lost on the way."""
+    the client's datagram number ``dropped`` lost on the way; the server's datagrams
+    go to ``answers``."""
     seen: list[bytes] = []
 
     async def main() -> None:
@@ -263,7 +281,7 @@ def _handshake_through_proxy(dropped: int | None) -> list[bytes]:
         with trio.fail_after(10):
             async with (
                 _serving(node) as port,
-                _dropping_proxy(port, lambda n: n == dropped, seen) as proxy,
+                _dropping_proxy(port, lambda n: n == dropped, seen, answers) as proxy,
                 Q.dial_quic(node.peer(proxy)) as link,
             ):
                 stream = await link.open_stream()
@@ -301,13 +319,48 @@ def _check_initial_datagrams(seen: list[bytes]) -> list[list[str]]:
     return kinds
 
 
+def _check_finished_datagrams(seen: list[bytes]) -> int:
+    """In every client datagram with an Initial and a 1-RTT packet (Initial + Handshake
+    + 1-RTT: ACK, Finished, the first 1-RTT data) the Initial takes the padding, as in
+    Chromium's ``I(~1100)[ACK, PADDING] + H(79) + 1-RTT(~70)``; the 1-RTT packet is
+    aioquic's unpadded one (aioquic alone pads it to ~1,000 bytes). Returns how many."""
+    (first,) = qi.open_initial_datagram(seen[0])
+    count = 0
+    for d in seen:
+        if d[0] & 0xF0 != 0xC0:
+            continue
+        spans = qi.packet_spans(d)
+        if spans[-1].kind != "1rtt":
+            continue
+        count += 1
+        *_, last = qi.open_initial_datagram(d, dcid=first.dcid)
+        assert last.frames[-1].kind == "padding" and last.frames[-1].size > 600, last.frames
+        assert spans[-1].stop - spans[-1].start < 300, spans
+    return count
+
+
+def _check_layout(packet: qi.InitialPacket, shape: QuicPacketLayout) -> None:
+    """``packet`` fills the template's datagram and is laid out per ``shape`` (exact
+    counts: a share of at most ~1,000 CRYPTO bytes leaves room for the largest)."""
+    assert packet.size == _layout().datagram_size
+    kinds = [f.kind for f in packet.frames]
+    assert set(kinds) <= {"crypto", "ping", "padding"}
+    assert packet.pn_length in shape.pn_length
+    assert kinds.count("crypto") in shape.crypto_frames
+    assert kinds.count("ping") in shape.pings
+    assert kinds.count("padding") in shape.padding_runs
+
+
 def test_every_initial_datagram_is_padded_inside() -> None:
     """After the first flight too (ACK-only Initials, Initial + Handshake + 1-RTT),
-    Initial-bearing datagrams are 1,250 bytes, padded inside the Initial."""
+    Initial-bearing datagrams are 1,250 bytes, padded inside the Initial; in the
+    datagram with the Finished, the Initial takes the padding, not the 1-RTT packet."""
     seen = _handshake_through_proxy(None)
     kinds = _check_initial_datagrams(seen)
-    assert ["initial"] in kinds[2:]  # an ACK-only Initial after the first flight
-    assert any(k[:2] == ["initial", "handshake"] for k in kinds)  # ACK + Finished
+    # ACK-only Initials come or not with the timing (``_Quic._write_handshake``: the
+    # server Initials of the last 1 ms get one ACK); the Finished always brings one.
+    assert ["initial", "handshake", "1rtt"] in kinds  # ACK + Finished + 1-RTT
+    assert _check_finished_datagrams(seen) >= 1
     later = [d for d in seen[2:] if d[0] & 0xF0 == 0xC0]
     (first,) = qi.open_initial_datagram(seen[0])
     for d in later:  # aioquic's packets, padded at the end of the last Initial
@@ -317,13 +370,13 @@ def test_every_initial_datagram_is_padded_inside() -> None:
 
 @pytest.mark.parametrize("dropped", [0, 1], ids=["head-and-tail", "middle"])
 def test_handshake_survives_losing_a_first_flight_datagram(dropped: int) -> None:
-    """The moved bytes are retransmitted: drop either first datagram, the link still opens;
-    the datagrams that carry them are padded like all Initial-bearing datagrams."""
+    """The moved bytes are retransmitted: drop either first datagram, the link still
+    opens. As Chromium does, the lost ranges (a head and a tail, or the middle) go out
+    again in ONE Initial packet laid out like the first flight's first packet; every
+    Initial-bearing datagram is padded inside as usual."""
     seen = _handshake_through_proxy(dropped)
     kinds = _check_initial_datagrams(seen)
-    if dropped == 0:
-        # aioquic sends the lost head and tail as two Initial packets in one datagram.
-        assert any(k[:2] == ["initial", "initial"] for k in kinds)
+    assert _check_finished_datagrams(seen) >= 1
     (first,) = qi.open_initial_datagram(seen[0])
     lost = qi.crypto_ranges(_initial_crypto(seen[dropped], first.dcid))
     assert len(lost) == (2 if dropped == 0 else 1)  # head + tail, or the middle
@@ -334,6 +387,227 @@ def test_handshake_survives_losing_a_first_flight_datagram(dropped: int) -> None
     kept = [] if dropped == 0 else _initial_crypto(seen[0], first.dcid)
     assert qi.crypto_ranges(later + kept) == [(0, length)]
     assert qi.cut_crypto(later, lost)  # every lost byte was sent again
+    # The first retransmission: one Initial, every lost range, the first packet's layout.
+    again = next(d for d in seen[2:] if _initial_crypto(d, first.dcid))
+    assert kinds.count(["initial", "initial"]) == 0
+    (packet,) = qi.open_initial_datagram(again, dcid=first.dcid)
+    assert packet.packet_number > first.packet_number + 1
+    assert qi.crypto_ranges(packet.frames) == lost
+    _check_layout(packet, _layout().packets[0])
+
+
+def _check_server_initial_datagrams(answers: list[bytes], odcid: bytes, *, lossless: bool) -> int:
+    """Every server datagram that begins with an Initial has nothing after its last
+    packet: the padding aioquic appended as zero bytes is inside its last Initial
+    (PADDING frames), the datagram as long as aioquic made it (1,200 bytes when an
+    Initial is ack-eliciting and nothing limits it, RFC 9000 §14.1). Returns how
+    many were padded inside."""
+    padded = 0
+    for d in answers:
+        if d[0] & 0xF0 != 0xC0:
+            continue
+        assert len(d) <= Q.MIN_INITIAL_DATAGRAM
+        spans = qi.packet_spans(d)
+        assert spans[-1].stop == len(d) and d[-8:] != bytes(8), spans  # no zeros after
+        packets = qi.open_initial_datagram(d, dcid=odcid, client=False)
+        initial = spans[: len(packets)]
+        assert all(s.kind == "initial" for s in initial)
+        assert [p.size for p in packets] == [s.stop - s.start for s in initial]
+        eliciting = any(f.kind in ("crypto", "ping") for p in packets for f in p.frames)
+        if eliciting and lossless:
+            assert len(d) == Q.MIN_INITIAL_DATAGRAM
+        if packets[-1].frames[-1].kind == "padding":
+            padded += 1
+    return padded
+
+
+@pytest.mark.parametrize("dropped", [None, 0, 1], ids=["no-loss", "first-lost", "second-lost"])
+def test_server_initial_datagrams_are_padded_inside(dropped: int | None) -> None:
+    """Server -> client on the wire: aioquic's server would send e.g. ``I(43)[ACK,
+    PING] + 1,157 zero bytes`` and ``I(65)[CRYPTO] + H(648) + 487 zero bytes``; ours
+    sends the same sizes with the zeros as PADDING inside the Initial, so the long
+    headers' Length fields cover the whole datagram. Data flows."""
+    answers: list[bytes] = []
+    seen = _handshake_through_proxy(dropped, answers)
+    (first,) = qi.open_initial_datagram(seen[0])
+    assert _check_server_initial_datagrams(answers, first.dcid, lossless=dropped is None) >= 1
+
+
+def _server(node: Node, odcid: bytes) -> Q._Quic:
+    """A server ``_Quic`` as ``serve_quic`` makes one for a client's first DCID ``odcid``."""
+    return Q._Quic(
+        tls_config=TlsServerConfig(
+            certificate_chain=node.config.certificate_chain,  # type: ignore[arg-type]
+            private_key=node.config.certificate_key,
+            alpn=(Q.ALPN,),
+        ),
+        configuration=QuicConfiguration(
+            is_client=False,
+            alpn_protocols=[Q.ALPN],
+            certificate=node.config.certificate_chain[0],
+            private_key=node.config.certificate_key,
+        ),
+        original_destination_connection_id=odcid,
+    )
+
+
+def test_pad_server_moves_only_the_zeros_after_the_last_packet() -> None:
+    """``_Quic._pad_server``: zeros after the last packet move inside the last Initial
+    (same size, same frames, packet number and pn length, the Handshake packet kept);
+    an unpadded ACK-only Initial, a datagram not beginning with an Initial, and one
+    that does not open pass unchanged."""
+    odcid = os.urandom(8)
+    server = _server(Node(), odcid)
+    keys = qi.initial_keys(odcid, client=False)
+    scid = os.urandom(8)
+
+    def initial(pn: int, payload: bytes) -> bytes:
+        return qi.protect_initial(
+            keys=keys,
+            dcid=b"",
+            scid=scid,
+            token=b"",
+            packet_number=pn,
+            pn_length=2,
+            payload=payload,
+        )
+
+    ack = b"\x02\x00\x00\x00\x00"
+    ack_only = initial(0, ack)
+    assert server._pad_server(ack_only) is ack_only  # aioquic does not pad it: neither do we
+    for rest in (b"", _long_packet(0xE0, b"", scid, os.urandom(600))):
+        body = initial(1, ack + b"\x01") + rest
+        datagram = body + bytes(1200 - len(body))
+        padded = server._pad_server(datagram)
+        assert len(padded) == 1200 and padded.endswith(rest)
+        assert qi.packet_spans(padded)[-1].stop == 1200
+        (opened,) = qi.open_initial_datagram(padded, dcid=odcid, client=False)
+        assert (opened.packet_number, opened.pn_length) == (1, 2)
+        assert [f.kind for f in opened.frames] == ["ack", "ping", "padding"]
+        assert opened.size == 1200 - len(rest)
+    short = bytes([0x40]) + os.urandom(60)
+    assert server._pad_server(short) is short
+    broken = bytearray(initial(2, ack + b"\x01") + bytes(1000))
+    broken[30] ^= 1
+    assert server._pad_server(bytes(broken)) == bytes(broken)
+
+
+# --- what aioquic builds, before the datagrams are shaped ---------------------------------
+
+
+@pytest.mark.parametrize("ping", [False, True], ids=["initial-only", "initial-and-1rtt"])
+def test_a_1rtt_packet_behind_an_initial_is_not_padded(ping: bool) -> None:
+    """aioquic pads a 1-RTT packet that follows a client Initial in its datagram to
+    fill it; ``_Quic._write_application`` keeps it unpadded (``_pad`` then pads the
+    Initial), and when no 1-RTT packet comes after all, aioquic still pads the
+    datagram (zeros after the Initial, which ``_pad`` moves inside)."""
+    layout = _layout()
+    results = {}
+    for shaped in (None, layout):
+        quic = _client(shaped)
+        quic.datagrams_to_send(0.0)  # the first flight
+        dcid = quic._peer_cid.cid
+        # aioquic 1.7.2 internals: stand-in 1-RTT keys, an Initial to acknowledge.
+        quic._cryptos[Epoch.ONE_RTT].setup_initial(dcid, is_client=True, version=quic._version)
+        space = quic._spaces[Epoch.INITIAL]
+        space.ack_queue.add(0)
+        space.ack_at = space.largest_received_time = 0.01
+        if ping:
+            quic.send_ping(7)
+        # aioquic's datagram, through our ``_write_application``, before ``_pad``.
+        ((raw, _),) = Q.QuicConnection.datagrams_to_send(quic, 0.02)
+        results[shaped is not None] = (quic, dcid, raw)
+    aioquic_raw = results[False][2]
+    quic, dcid, raw = results[True]
+    spans = qi.packet_spans(raw)
+    if not ping:
+        assert [s.kind for s in spans] == ["initial"] and len(raw) == Q.MIN_INITIAL_DATAGRAM
+        padded = quic._pad(raw)
+        (packet,) = qi.open_initial_datagram(padded, dcid=dcid)
+        assert packet.size == len(padded) == layout.datagram_size
+        return
+    assert [s.kind for s in qi.packet_spans(aioquic_raw)] == ["initial", "1rtt"]
+    assert len(aioquic_raw) == Q.MIN_INITIAL_DATAGRAM  # aioquic: the 1-RTT packet fills it
+    assert [s.kind for s in spans] == ["initial", "1rtt"] and len(raw) < 100
+    peer = CryptoPair()
+    peer.setup_initial(dcid, is_client=False, version=quic._version)
+    _, payload, _ = peer.decrypt_packet(raw[spans[1].start :], 1 + len(dcid), 0)
+    assert payload.rstrip(b"\0") == b"\x01"  # the PING, no PADDING run
+    padded = quic._pad(raw)
+    assert len(padded) == layout.datagram_size and padded.endswith(raw[spans[1].start :])
+    (packet,) = qi.open_initial_datagram(padded, dcid=dcid)
+    assert [f.kind for f in packet.frames] == ["ack", "padding"]
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.005], ids=["back-to-back", "5ms-apart"])
+def test_server_initials_back_to_back_get_one_ack(gap: float) -> None:
+    """Sans-I/O client <-> server: the client acknowledges server Initials after
+    aioquic's own 1 ms ACK delay (``_Quic._write_handshake``), so the Initial that
+    does not complete the ServerHello and the one that does, arriving together, get
+    one ACK, in the datagram with the Finished (as Chromium's one ACK). 5 ms apart,
+    the first gets an ACK-only Initial 1 ms after it arrived, not at once."""
+    client = _client(_layout())
+    flight = [d for d, _ in client.datagrams_to_send(0.0)]
+    (first,) = qi.open_initial_datagram(flight[0])
+    server = _server(Node(), first.dcid)
+    for d in flight:
+        server.receive_datagram(d, ("127.0.0.1", 4433), now=0.01)
+    answers = [d for d, _ in server.datagrams_to_send(0.01)]
+    assert [s.kind for s in qi.packet_spans(answers[0])] == ["initial"]  # no Handshake keys yet
+    sent: list[tuple[float, bytes]] = []
+
+    def run_timers(until: float) -> None:  # what ``_Connection.drive`` does
+        while (timer := client.get_timer()) is not None and timer <= until:
+            client.handle_timer(timer)
+            sent.extend((timer, d) for d, _ in client.datagrams_to_send(timer))
+
+    now = 0.02
+    for i, d in enumerate(answers):
+        now += gap if i else 0.0
+        run_timers(now)
+        client.receive_datagram(d, ("127.0.0.1", 9), now=now)
+        sent.extend((now, d) for d, _ in client.datagrams_to_send(now))
+        if i == 0:
+            assert not sent  # the ACK waits for its time
+            assert client.get_timer() == pytest.approx(now + 0.001)
+    run_timers(now + 0.002)
+    kinds = [[s.kind for s in qi.packet_spans(d)] for _, d in sent]
+    assert kinds[-1] == ["initial", "handshake"]  # ACK + Finished
+    acks = [(t, d) for (t, d), k in zip(sent, kinds, strict=True) if k == ["initial"]]
+    if gap == 0.0:
+        assert acks == []
+    else:
+        ((t, d),) = acks
+        assert t == pytest.approx(0.021)
+        (packet,) = qi.open_initial_datagram(d, dcid=first.dcid)
+        assert len(d) == packet.size == _layout().datagram_size
+        assert [f.kind for f in packet.frames] == ["ack", "padding"]
+
+
+@pytest.mark.parametrize("lost", [0, 1], ids=["head-and-tail", "middle"])
+def test_lost_ranges_go_out_again_in_one_initial(lost: int) -> None:
+    """After a first-flight packet is declared lost, aioquic's next Initial carries
+    every lost range (``_Quic._write_crypto_frame``), ``_reshape`` lays it out like
+    the first packet, and its sent-packet record names exactly those ranges."""
+    layout = _layout()
+    quic = _client(layout)
+    flight = quic.datagrams_to_send(0.0)
+    (packet,) = qi.open_initial_datagram(flight[lost][0])
+    ranges = _records(quic)[packet.packet_number][1]
+    assert len(ranges) == (2 if lost == 0 else 1)
+    # aioquic 1.7.2 internal: what its loss detection does with a lost packet.
+    space = quic._spaces[Epoch.INITIAL]
+    quic._loss._on_packets_lost(
+        now=0.5, packets=[space.sent_packets[packet.packet_number]], space=space
+    )
+    ((again, _),) = quic.datagrams_to_send(0.5)
+    (resent,) = qi.open_initial_datagram(again)
+    assert resent.packet_number == layout.first_packet_number + 2
+    assert qi.crypto_ranges(resent.frames) == ranges
+    assert qi.cut_crypto(resent.frames, ranges) == qi.cut_crypto(packet.frames, ranges)
+    _check_layout(resent, layout.packets[0])
+    sent_bytes, recorded = _records(quic)[resent.packet_number]
+    assert recorded == ranges and sent_bytes <= Q.MIN_INITIAL_DATAGRAM
 
 
 # --- sans-I/O helpers ---------------------------------------------------------------------
@@ -589,6 +863,70 @@ def test_pad_initial_datagram_pads_inside_the_last_initial(
     if rest:
         with pytest.raises(qi.QuicInitialError):  # does not begin with an Initial
             qi.pad_initial_datagram(rest + b"".join(packets), keys=keys, size=size)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    odcid=st.binary(min_size=8, max_size=20),
+    scid=st.binary(min_size=0, max_size=20),
+    initials=st.lists(
+        st.tuples(st.lists(_frame, min_size=1, max_size=8), st.integers(1, 4)),
+        min_size=1,
+        max_size=2,
+    ),
+    handshake=st.one_of(st.none(), st.binary(min_size=20, max_size=300)),
+    short=st.one_of(st.none(), st.binary(min_size=20, max_size=300)),
+    zeros=st.integers(0, 1200),
+)
+def test_padding_into_initial_keeps_the_size(
+    odcid: bytes,
+    scid: bytes,
+    initials: list[tuple[list[qi.Frame], int]],
+    handshake: bytes | None,
+    short: bytes | None,
+    zeros: int,
+) -> None:
+    """A server-side datagram (server keys, empty client id): the zeros after the
+    last packet become PADDING at the end of the last Initial, the datagram keeps its
+    length, every other packet its bytes; with nothing after the last packet (no
+    zeros, or a 1-RTT packet last) the datagram is returned as it is."""
+    keys = qi.initial_keys(odcid, client=False)
+    packets, payloads = [], []
+    for pn, (frames, pn_length) in enumerate(initials):
+        payload = qi.encode_frames(frames)
+        payload += bytes(max(0, 4 - len(payload)))
+        packets.append(
+            qi.protect_initial(
+                keys=keys,
+                dcid=b"",
+                scid=scid,
+                token=b"",
+                packet_number=pn,
+                pn_length=pn_length,
+                payload=payload,
+            )
+        )
+        payloads.append(payload)
+    rest = b""
+    if handshake is not None:
+        rest += _long_packet(0xE0, b"", scid, handshake)
+    if short is not None:
+        rest += bytes([0x40]) + short
+    real = b"".join(packets) + rest
+    datagram = real + (bytes(zeros) if short is None else b"")
+    out = qi.padding_into_initial(datagram, keys=keys)
+    if short is not None or zeros == 0:
+        assert out is datagram
+        return
+    assert len(out) == len(datagram)
+    assert out.startswith(b"".join(packets[:-1])) and out.endswith(rest)
+    assert qi.packet_spans(out)[-1].stop == len(out)
+    opened = qi.open_initial_datagram(out, dcid=odcid, client=False)
+    assert len(opened) == len(packets)
+    assert qi.encode_frames(opened[-1].frames) == payloads[-1] + bytes(zeros)
+    assert opened[-1].frames[-1].kind == "padding"
+    with pytest.raises(qi.QuicInitialError):  # the client's keys do not open it
+        qi.padding_into_initial(datagram, keys=qi.initial_keys(odcid))
 
 
 def test_pad_leaves_what_it_cannot_read() -> None:

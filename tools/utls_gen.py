@@ -23,8 +23,9 @@ template is written): Chromium (or, with ``--quic-client qnet``, our own
 (``qnet.htx.quic.serve_quic``, a certificate Chromium is told to accept with
 ``--ignore-certificate-errors-spki-list``) through a UDP relay on loopback,
 which can drop one client datagram (``--quic-drop N``); for each connection
-the first client datagrams are listed with their size and coalesced packets
-(long-header types and Length fields; the client's Initials decrypted).
+the first client datagrams (and, under ``server_datagrams``, the server's) are
+listed with their size and coalesced packets (long-header types and Length
+fields; each side's Initials decrypted with its own Initial keys).
 
 The name ``qnet-capture.test`` is mapped to 127.0.0.1 with
 ``--host-resolver-rules`` so that Chromium sends SNI (it omits it for IP
@@ -364,9 +365,10 @@ def _reassemble(datagrams: Sequence[bytes]) -> bytes | None:
 # --- QUIC after the Initials (measurement only) -------------------------------------
 
 
-def describe_quic_datagram(datagram: bytes, odcid: bytes) -> dict[str, Any]:
-    """Size and coalesced packets of a client datagram: each packet's type and size
-    (from the long headers), the client's Initials opened with ``odcid``'s keys."""
+def describe_quic_datagram(datagram: bytes, odcid: bytes, *, client: bool = True) -> dict[str, Any]:
+    """Size and coalesced packets of a datagram: each packet's type and size (from
+    the long headers), its Initials opened with ``odcid``'s keys of the sending side
+    (``client``)."""
     out: dict[str, Any] = {"size": len(datagram)}
     try:
         spans = qi.packet_spans(datagram)
@@ -374,7 +376,7 @@ def describe_quic_datagram(datagram: bytes, odcid: bytes) -> dict[str, Any]:
         out["error"] = str(exc)
         return out
     try:
-        initials = qi.open_initial_datagram(datagram, dcid=odcid)
+        initials = qi.open_initial_datagram(datagram, dcid=odcid, client=client)
     except qi.QuicInitialError:
         initials = []
     packets: list[dict[str, Any]] = []
@@ -402,7 +404,7 @@ def capture_quic_after_initials(
     binary: str, count: int, client: str, drop: int | None, datagrams: int
 ) -> list[dict[str, Any]]:
     """Full QUIC handshakes through a logging relay; per connection, its first
-    ``datagrams`` client datagrams (``describe_quic_datagram``)."""
+    ``datagrams`` client datagrams and server datagrams (``describe_quic_datagram``)."""
     import base64
     import hashlib
 
@@ -429,6 +431,7 @@ def capture_quic_after_initials(
         certificate_key=key,
     )
     log: list[tuple[tuple[str, int], bytes, bool]] = []  # (client, datagram, dropped)
+    server_log: list[tuple[tuple[str, int], bytes]] = []  # (client, server datagram)
 
     async def idle(link: HtxLink) -> None:
         try:
@@ -450,6 +453,7 @@ def capture_quic_after_initials(
             async def down(back: trio.socket.SocketType, addr: tuple[str, int]) -> None:
                 while True:
                     data, _ = await back.recvfrom(65536)
+                    server_log.append((addr, data))
                     await front.sendto(data, addr)
 
             async def up() -> None:
@@ -502,7 +506,7 @@ def capture_quic_after_initials(
     for addr, data, dropped in log:
         by_client.setdefault(addr, []).append((data, dropped))
     out = []
-    for seen in by_client.values():
+    for client_addr, seen in by_client.items():
         try:
             odcid = qi.open_initial_datagram(seen[0][0])[0].dcid
         except qi.QuicInitialError:
@@ -513,7 +517,11 @@ def capture_quic_after_initials(
             if dropped:
                 row["dropped"] = True
             rows.append(row)
-        out.append({"odcid": odcid.hex(), "datagrams": rows})
+        answers = [data for addr, data in server_log if addr == client_addr]
+        server_rows = [
+            describe_quic_datagram(data, odcid, client=False) for data in answers[:datagrams]
+        ]
+        out.append({"odcid": odcid.hex(), "datagrams": rows, "server_datagrams": server_rows})
     return out
 
 

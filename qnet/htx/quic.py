@@ -19,9 +19,14 @@ decrypt an Initial, so their inside is part of the fingerprint): the first
 flight gets Chromium's share of the hello between its two packets, which means
 moving CRYPTO bytes from one packet to the other; aioquic's records of what each
 packet carried are changed to match, or its loss recovery would retransmit the
-wrong bytes. Later Initials keep their bytes and are only re-laid out, and
+wrong bytes. Later Initials keep their bytes and are only re-laid out (a
+retransmission carries every lost range in one packet, as Chromium's does), and
 every other datagram that begins with an Initial is padded to Chromium's size
-inside that packet.
+inside that packet, also when a Handshake and a 1-RTT packet follow it. Server
+Initials are acknowledged after aioquic's 1 ms ACK delay, so that those that
+arrive together get one ACK, as Chromium's do. The server pads its
+Initial-bearing datagrams inside the Initial too, where aioquic would append
+zero bytes after the last packet.
 """
 
 from __future__ import annotations
@@ -42,12 +47,16 @@ from aioquic.h3.connection import ErrorCode as H3ErrorCode
 from aioquic.h3.connection import H3Connection, Setting
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.connection import NetworkAddress, QuicConnection, QuicNetworkPath
+from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import (
     QuicPacketType,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.stream import QuicStream
 from aioquic.tls import Epoch
 
 from qnet.crypto.primitives import random_bytes
@@ -121,7 +130,15 @@ class _Quic(QuicConnection):
       and pads every other one that begins with an Initial to the template's
       datagram size inside its last Initial packet (``_pad``), as Chromium does;
       aioquic pads them to 1,200 bytes, partly with zero bytes after the last
-      packet, which are dropped.
+      packet, which are dropped. ``_write_application`` keeps aioquic from
+      padding a 1-RTT packet that follows an Initial in the same datagram
+      (``QuicPacketBuilder._datagram_needs_padding``), so that ``_pad`` puts
+      that padding into the Initial; ``_write_crypto_frame`` writes every
+      pending range of the Initial CRYPTO stream into the packet while there is
+      room (aioquic writes one per packet), so that a lost head and tail go out
+      again in one Initial; ``_write_handshake`` holds an Initial ACK until its
+      ``_spaces[INITIAL].ack_at`` while we have no Handshake keys, so that server
+      Initials arriving back to back get one ACK.
     * With a layout that has ``crypto_split``, the first flight (two datagrams,
       one Initial each, CRYPTO [0, x) and [x, L)) goes through
       ``_split_first_flight`` instead: the CRYPTO bytes are redistributed
@@ -129,6 +146,9 @@ class _Quic(QuicConnection):
       records in ``_spaces[INITIAL].sent_packets`` are rewritten to the new
       ranges (``sent_bytes`` stays aioquic's). Anything unexpected: the
       per-packet ``_reshape``.
+    * A server (no layout) passes every datagram that begins with an Initial
+      through ``_pad_server``: the zero bytes aioquic appends after the last
+      packet become PADDING inside the last Initial, the size unchanged.
     """
 
     def __init__(
@@ -141,7 +161,7 @@ class _Quic(QuicConnection):
     ) -> None:
         self._qnet_tls_config = tls_config
         self._qnet_layout = layout if configuration.is_client else None
-        self._qnet_initials = 0
+        self._qnet_server = not configuration.is_client
         self._qnet_first_flight = False
         super().__init__(
             configuration=configuration,
@@ -153,6 +173,7 @@ class _Quic(QuicConnection):
             self._original_destination_connection_id = dcid
             self._packet_number = self._qnet_layout.first_packet_number
         self._qnet_odcid = self._original_destination_connection_id
+        self._qnet_server_keys: qi.InitialKeys | None = None
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -168,8 +189,12 @@ class _Quic(QuicConnection):
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         out = super().datagrams_to_send(now)
-        if self._qnet_layout is None:
+        layout = self._qnet_layout
+        if layout is None:
+            if self._qnet_server:
+                return [(self._pad_server(data), addr) for data, addr in out]
             return out
+        shapes = layout.packets
         if out and not self._qnet_first_flight:
             self._qnet_first_flight = True
             try:
@@ -178,17 +203,155 @@ class _Quic(QuicConnection):
                 split = None
             if split is not None:
                 return split
-        return [(self._shape(data), addr) for data, addr in out]
+            # The first flight packet by packet: each Initial like the template's.
+            return [
+                (self._shape(data, shapes[min(i, len(shapes) - 1)]), addr)
+                for i, (data, addr) in enumerate(out)
+            ]
+        # Later CRYPTO Initials are retransmissions: like Chromium's, they are laid
+        # out as its first Initial is (fragments, PINGs, padding runs, pn length).
+        return [(self._shape(data, shapes[0]), addr) for data, addr in out]
 
-    def _shape(self, datagram: bytes) -> bytes:
-        """A later client datagram: ``_reshape`` if it is a lone CRYPTO Initial,
-        else ``_pad`` if it begins with an Initial."""
-        shaped = self._reshape(datagram)
+    def _shape(self, datagram: bytes, shape: QuicPacketLayout) -> bytes:
+        """A client datagram: ``_reshape`` per ``shape`` if it is a lone CRYPTO
+        Initial, else ``_pad`` if it begins with an Initial."""
+        shaped = self._reshape(datagram, shape)
         return self._pad(datagram) if shaped is datagram else shaped
+
+    def _pad_server(self, datagram: bytes) -> bytes:
+        """A server datagram that begins with an Initial, with the zero bytes aioquic
+        put after its last packet moved inside its last Initial as PADDING frames;
+        the datagram keeps the size aioquic chose (``quic_initial.padding_into_initial``).
+
+        aioquic pads a server datagram only when it holds an ack-eliciting Initial
+        (RFC 9000 §14.1: to 1,200 bytes, or less under the anti-amplification
+        limit), with zeros after the last packet unless a 1-RTT packet ends the
+        datagram, which it pads from inside; a datagram whose Initials only
+        acknowledge is not padded. Datagrams without zeros after the last packet,
+        and anything that does not parse, pass unchanged. ``sent_bytes`` stay
+        aioquic's; the keys are the server's Initial keys of the client's first
+        DCID (the ``original_destination_connection_id`` we were made with)."""
+        odcid = self._qnet_odcid
+        if odcid is None or not datagram or datagram[0] & 0xF0 != 0xC0:
+            return datagram
+        if self._qnet_server_keys is None:
+            self._qnet_server_keys = qi.initial_keys(odcid, client=False)
+        try:
+            return qi.padding_into_initial(datagram, keys=self._qnet_server_keys)
+        except (ValueError, qi.QuicInitialError):
+            return datagram
+
+    def _write_application(
+        self, builder: QuicPacketBuilder, network_path: QuicNetworkPath, now: float
+    ) -> None:
+        """aioquic's 1-RTT packets, except that (client with a layout) a 1-RTT packet
+        coalesced after an Initial is not padded: ``_pad`` then pads the datagram
+        inside the Initial, as Chromium's Initial + Handshake + 1-RTT datagram is
+        (``I(~1100)[ACK, PADDING] + H + 1-RTT(~70)``, where aioquic would send
+        ``I(92) + H(81) + 1-RTT(1077)``).
+
+        Why here and so: aioquic 1.7.2 internal ``QuicPacketBuilder`` sets
+        ``_datagram_needs_padding`` when a client Initial packet ends, and when
+        the 1-RTT packet that follows it in the datagram ends, fills that packet
+        with PADDING (it may not append bytes after a short-header packet). The
+        builder is made inside ``datagrams_to_send``, so it cannot be replaced;
+        the 1-RTT packets are all started here, so for this call its
+        ``start_packet`` is wrapped: right after a 1-RTT packet starts behind other
+        packets of its datagram, the flag is cleared. If that packet stays
+        empty (aioquic then drops it and the datagram ends with the Initial), the
+        flag is set again so that aioquic still pads the datagram, with zeros
+        that ``_pad`` moves inside the Initial. The other option, re-encrypting
+        the padded 1-RTT packet without its PADDING, would need a parser of
+        every 1-RTT frame to tell the PADDING from the zero bytes a frame may end
+        with. Packet numbers and ``sent_bytes`` are aioquic's; a 1-RTT packet
+        not padded simply counts fewer bytes, and ``_pad`` adds to the Initial
+        bytes it does not count, as for every datagram it pads.
+        """
+        if self._qnet_layout is None:
+            super()._write_application(builder, network_path, now)
+            return
+        start_packet = builder.start_packet
+        unpadded = False  # this datagram's 1-RTT packet was kept from padding
+
+        def start(packet_type: QuicPacketType, crypto: CryptoPair) -> None:
+            nonlocal unpadded
+            start_packet(packet_type, crypto)
+            if builder._packet_start == 0:
+                unpadded = False  # a datagram of its own: aioquic's padding rules
+            elif packet_type == QuicPacketType.ONE_RTT and builder._datagram_needs_padding:
+                builder._datagram_needs_padding = False
+                unpadded = True
+
+        builder.start_packet = start  # type: ignore[method-assign]
+        try:
+            super()._write_application(builder, network_path, now)
+        finally:
+            del builder.start_packet
+            if unpadded and builder._packet is not None and builder.packet_is_empty:
+                builder._datagram_needs_padding = True
+
+    def _write_handshake(self, builder: QuicPacketBuilder, epoch: Epoch, now: float) -> None:
+        """aioquic's Initial and Handshake packets, except that (client with a layout,
+        no Handshake keys yet) an Initial ACK goes out once it is due, and then in
+        an Initial of its own.
+
+        aioquic 1.7.2 internal: on an ack-eliciting packet it sets the space's
+        ``ack_at`` to now + 1 ms (``K_GRANULARITY``) and ``get_timer`` wakes us
+        then, but ``_write_handshake`` writes a pending ACK at any call, and we
+        call after every datagram: server Initials a moment apart (the rest of
+        the ServerHello, then the one that completes it) got an ACK-only Initial
+        each, where Chromium, acknowledging Initials after ~1 ms, sends one. So
+        ``ack_at`` is hidden from the call, and the call is made once more with
+        it if the ACK is due and nothing else went out (an ACK never rides in a
+        retransmitted CRYPTO Initial, which ``_reshape`` could not lay out; it
+        follows at once, the timer being due). RFC 9000 §13.2.1 wants Initials
+        acknowledged at once: 1 ms is the timer granularity aioquic itself
+        uses. With Handshake keys (the datagram with the Finished is being
+        built) aioquic's rule is kept: the ACK goes with it.
+        """
+        space = self._spaces[epoch]
+        ack_at = space.ack_at
+        if (
+            self._qnet_layout is None
+            or epoch != Epoch.INITIAL
+            or ack_at is None
+            or self._cryptos[Epoch.HANDSHAKE].send.is_valid()
+        ):
+            super()._write_handshake(builder, epoch, now)
+            return
+        packets = builder.packet_number
+        space.ack_at = None
+        try:
+            super()._write_handshake(builder, epoch, now)
+        finally:
+            space.ack_at = ack_at
+        if ack_at <= now and builder.packet_number == packets:
+            super()._write_handshake(builder, epoch, now)
+
+    def _write_crypto_frame(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
+    ) -> bool:
+        """aioquic's CRYPTO frame, and (client with a layout, Initial stream) more
+        of them while data is pending and the packet has room.
+
+        aioquic 1.7.2 writes one CRYPTO frame per packet, from the first pending
+        range: after the first datagram of the first flight is lost, the head
+        and the tail it carried went out as two Initial packets in one datagram.
+        Chromium sends one Initial with both ranges, laid out like its first
+        Initial (``_reshape`` takes any number of ranges). Each frame is
+        aioquic's own (its delivery handler in the packet's record), so loss
+        recovery sees exactly the ranges the packet carries."""
+        wrote = super()._write_crypto_frame(builder=builder, space=space, stream=stream)
+        if self._qnet_layout is None or stream is not self._crypto_streams[Epoch.INITIAL]:
+            return wrote
+        more = wrote
+        while more and not stream.sender.buffer_is_empty:
+            more = super()._write_crypto_frame(builder=builder, space=space, stream=stream)
+        return wrote
 
     def _pad(self, datagram: bytes) -> bytes:
         """An Initial-bearing datagram (ACK-only Initials, Initial + Handshake
-        [+ 1-RTT], two Initials after a loss) padded to the template's datagram
+        [+ 1-RTT], several Initials) padded to the template's datagram
         size as Chromium does: PADDING inside its last Initial packet, nothing
         after the last packet (``quic_initial.pad_initial_datagram``). aioquic's
         ``sent_bytes`` stay as built. Anything unexpected passes unchanged."""
@@ -282,7 +445,6 @@ class _Quic(QuicConnection):
         if built[0] is None or built[1] is None:
             return None
         # Nothing can fail from here: commit.
-        self._qnet_initials += 2
         for record, ranges in zip(records, (head_tail, middle), strict=True):
             assert record is not None
             record.delivery_handlers = [
@@ -290,16 +452,13 @@ class _Quic(QuicConnection):
             ] + [(deliver, (start, stop, False)) for start, stop in ranges]
         return [(built[0], out[0][1]), (built[1], out[1][1])]
 
-    def _reshape(self, datagram: bytes) -> bytes:
-        """One client Initial packet carrying CRYPTO, re-laid out per the template
-        (same packet number, same CRYPTO bytes); anything else passes unchanged."""
-        layout = self._qnet_layout
-        assert layout is not None
+    def _reshape(self, datagram: bytes, shape: QuicPacketLayout) -> bytes:
+        """One client Initial packet carrying CRYPTO (one range or several),
+        re-laid out per ``shape`` (same packet number, same CRYPTO bytes);
+        anything else passes unchanged."""
         packet = self._sole_initial(datagram)
         if packet is None:
             return datagram
-        shape = layout.packets[min(self._qnet_initials, len(layout.packets) - 1)]
-        self._qnet_initials += 1
         crypto = [f for f in packet.frames if f.kind == "crypto"]
         built = self._layout_packet(packet, crypto, shape)
         return datagram if built is None else built

@@ -18,7 +18,9 @@ caller tell aioquic's loss recovery exactly which bytes each packet holds.
 Every other datagram that begins with an Initial is padded like Chromium's
 (``pad_initial_datagram``): PADDING inside its last Initial packet, the packets
 after it (found from the long headers' Length fields, ``packet_spans``) kept
-as they are. Nothing here imports aioquic.
+as they are; our server's datagrams keep their size and only get the zero
+bytes after their last packet moved inside (``padding_into_initial``). Nothing
+here imports aioquic.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ __all__ = [
     "open_initial_datagram",
     "pad_initial_datagram",
     "packet_spans",
+    "padding_into_initial",
     "protect_initial",
     "pull_varint",
     "push_varint",
@@ -446,6 +449,21 @@ def pad_initial_datagram(datagram: bytes, *, keys: InitialKeys, size: int) -> by
         payload=payload + bytes(size - used),
     )
     return before + packet + after
+
+
+def padding_into_initial(datagram: bytes, *, keys: InitialKeys) -> bytes:
+    """``datagram`` with the zero bytes after its last packet moved inside its last
+    leading Initial packet as PADDING frames (``pad_initial_datagram`` to the same
+    size); unchanged if nothing follows the last packet. For a datagram that pads
+    itself the way RFC 9000 §14.1 allows but an observer can tell: the long
+    headers' Length fields show the zeros belong to no packet.
+
+    Raises ``QuicInitialError`` or ``ValueError`` as ``pad_initial_datagram`` does
+    (the datagram must begin with an Initial packet ``keys`` opens)."""
+    spans = packet_spans(datagram)
+    if not spans or spans[-1].stop == len(datagram):
+        return datagram
+    return pad_initial_datagram(datagram, keys=keys, size=len(datagram))
 
 
 # --- layout ----------------------------------------------------------------------------
