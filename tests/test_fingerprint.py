@@ -289,3 +289,39 @@ def test_protect_then_open_round_trip() -> None:
     assert p.packet_number == 7 and list(p.frames) == frames
     with pytest.raises(qi.QuicInitialError):
         qi.open_initial_datagram(wire[:-1] + bytes([wire[-1] ^ 1]))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda f: f.__setitem__("control_packet_sizes", [80, 70]), "control_packet_sizes"),
+        (lambda f: f.__setitem__("control_stream_bytes", "43"), "control_stream_bytes"),
+        (lambda f: f.pop("request_packet_sizes"), "request_packet_sizes"),
+        (lambda f: f.__setitem__("request_stream_bytes", [1, True]), "request_stream_bytes"),
+        (lambda f: f.__setitem__("request_control_bytes", [1, 2, 3]), "request_control_bytes"),
+        (lambda f: f.__setitem__("requests", []), "requests"),
+        (lambda f: f["requests"][0].__setitem__("packet_size", 5), "requests[0].packet_size"),
+        (lambda f: f["requests"][0]["headers"].__setitem__(0, ["a"]), "requests[0].headers[0]"),
+        (
+            lambda f: f["requests"][0].__setitem__("headers", [[":method", "GET"]]),
+            "requests[0].headers",
+        ),
+        (lambda f: f.pop("requests"), "requests"),
+    ],
+)
+def test_malformed_first_1rtt_names_the_field(mutate: Any, field: str) -> None:
+    path = next(p for p in FILES if "quic" in p.name)
+    data = json.loads(path.read_text())
+    mutate(data["quic"]["first_1rtt"])
+    with pytest.raises(TemplateError) as info:
+        parse_template(json.dumps(data))
+    assert info.value.field == f"quic.first_1rtt.{field}"
+
+
+def test_template_without_first_1rtt_still_loads() -> None:
+    path = next(p for p in FILES if "quic" in p.name)
+    data = json.loads(path.read_text())
+    assert parse_template(json.dumps(data)).quic.first_1rtt is not None  # type: ignore[union-attr]
+    del data["quic"]["first_1rtt"]
+    tpl = parse_template(json.dumps(data))
+    assert tpl.quic is not None and tpl.quic.first_1rtt is None

@@ -25,11 +25,15 @@ import random
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
+from aioquic._buffer import Buffer
+from aioquic.buffer import size_uint_var
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.logger import QuicLogger
 from aioquic.tls import Epoch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -42,6 +46,7 @@ from qnet.htx.tls import (
     CHROME_QUIC_LAYOUT,
     CHROME_QUIC_TEMPLATE,
     CryptoSplit,
+    FirstOneRtt,
     QuicLayout,
     QuicPacketLayout,
     TlsClientConfig,
@@ -956,3 +961,134 @@ def test_pad_leaves_what_it_cannot_read() -> None:
     assert quic._pad(bytes(broken)) == bytes(broken)
     garbage = ack + b"\x01" + bytes(1199 - len(ack))
     assert quic._pad(garbage) == garbage
+
+
+# --- the first 1-RTT packets ---------------------------------------------------------------
+
+
+def _first_1rtt() -> FirstOneRtt:
+    first = _layout().first_1rtt
+    assert first is not None
+    return first
+
+
+def _server_qlog(monkeypatch: pytest.MonkeyPatch, links: int) -> tuple[list[Any], list[str]]:
+    """``links`` dial_quic <-> serve_quic links that carry data, the server's
+    ``QuicConfiguration`` given a ``QuicLogger``; its traces and each link's authority."""
+    logger = QuicLogger()
+    real = Q.QuicConfiguration
+
+    def configuration(**kwargs: Any) -> QuicConfiguration:
+        if not kwargs.get("is_client"):
+            kwargs["quic_logger"] = logger
+        return real(**kwargs)
+
+    monkeypatch.setattr(Q, "QuicConfiguration", configuration)
+    authorities: list[str] = []
+
+    async def main() -> None:
+        node = Node()
+        with trio.fail_after(20):
+            async with _serving(node) as port:
+                for _ in range(links):
+                    peer = node.peer(port)
+                    authorities.append(f"{peer.server_name}:{port}")
+                    async with Q.dial_quic(peer) as link:
+                        stream = await link.open_stream()
+                        payload = os.urandom(3000)
+                        assert await roundtrip(stream, payload) == payload
+
+    trio.run(main)
+    return list(logger.to_dict()["traces"]), authorities
+
+
+def _stream_packets(trace: dict[str, Any]) -> list[tuple[int, list[dict[str, Any]]]]:
+    """(size, frames) of the client's 1-RTT packets with STREAM frames, as received."""
+    out = []
+    for ev in trace["events"]:
+        data = ev.get("data", {})
+        if ev.get("name") != "transport:packet_received":
+            continue
+        if data.get("header", {}).get("packet_type") != "1RTT":
+            continue
+        frames = data.get("frames", [])
+        if any(f.get("frame_type") == "stream" for f in frames):
+            out.append((int(data["raw"]["length"]), frames))
+    return out
+
+
+def test_first_1rtt_packets_have_the_browser_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control-stream packet is a size of the template's range, the CONNECT packet
+    one of the sizes Chromium's GET would have for our authority; both are one
+    packet of STREAM frames only (no ACK), the request whole in the second."""
+    first = _first_1rtt()
+    traces, authorities = _server_qlog(monkeypatch, 3)
+    assert len(traces) == 3
+    for trace, authority in zip(traces, authorities, strict=True):
+        packets = _stream_packets(trace)
+        control, control_frames = packets[0]
+        # aioquic's QPACK encoder sends its table capacity on its own in between
+        # (the server's SETTINGS come after our first 1-RTT packet): 35 bytes
+        request, request_frames = next(p for p in packets if any(f["stream_id"] == 0 for f in p[1]))
+        assert _within(control, first.control_packet_sizes)
+        assert {f["frame_type"] for f in control_frames} == {"stream"}
+        assert 2 in {f["stream_id"] for f in control_frames}
+        assert request in Q.first_request_sizes(first, authority)
+        assert {f["frame_type"] for f in request_frames} == {"stream"}
+        (headers,) = [f for f in request_frames if f["stream_id"] == 0]
+        assert headers["offset"] == 0 and not headers.get("fin")
+        # nothing but the frames: packet = short header + STREAM frames + tag
+        frames = sum(
+            3
+            + (1 if f["stream_id"] < 64 else 2)
+            + (1 if 0 < f["offset"] < 64 else 0)
+            + (2 if f["offset"] >= 64 else 0)
+            + f["length"]
+            for f in request_frames
+        )
+        assert request == 1 + 8 + 2 + frames + 16
+
+
+def test_connect_unshaped_without_first_1rtt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layout without ``first_1rtt`` sends aioquic's packets (the full header list)."""
+    layout = dataclasses.replace(_layout(), first_1rtt=None)
+    real = Q.dial_quic
+    monkeypatch.setattr(Q, "dial_quic", lambda peer: real(peer, quic_layout=layout))
+    traces, _ = _server_qlog(monkeypatch, 1)
+    packets = _stream_packets(traces[0])
+    control = packets[0][0]
+    request = next(n for n, fs in packets if any(f["stream_id"] == 0 for f in fs))
+    assert control == 56  # control stream + QPACK stream types, as aioquic sends them
+    assert request not in Q.first_request_sizes(_first_1rtt(), "example.com")
+
+
+def test_request_size_model_gives_back_the_capture() -> None:
+    first = _first_1rtt()
+    for size, headers in first.requests:
+        one = dataclasses.replace(first, requests=((size, headers),))
+        authority = dict(headers)[":authority"]
+        assert Q.first_request_sizes(one, authority, headed=False) == (size,)
+        assert Q.first_request_sizes(one, authority)[0] < size  # no "Headless" marker
+        longer = Q.first_request_sizes(one, authority + "x" * 40)[0]
+        assert longer > Q.first_request_sizes(one, authority)[0]
+    assert _within(first.requests[0][0], first.request_packet_sizes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.integers(2, 16386), data=st.data())
+def test_reserved_frame_is_exactly_the_asked_size(size: int, data: st.DataObject) -> None:
+    frame = Q.reserved_frame(size, _rng_from(data))
+    assert len(frame) == size
+    buf = Buffer(data=frame)
+    ftype = buf.pull_uint_var()
+    assert buf.tell() == size_uint_var(ftype)  # minimal varints
+    assert (ftype - 0x21) % 0x1F == 0 and ftype >= 0x21
+    length = buf.pull_uint_var()
+    assert buf.tell() == size_uint_var(ftype) + size_uint_var(length)
+    assert length == size - buf.tell()
+
+
+@pytest.mark.parametrize("size", [-1, 0, 1, 16387])
+def test_reserved_frame_refuses_impossible_sizes(size: int) -> None:
+    with pytest.raises(ValueError):
+        Q.reserved_frame(size)

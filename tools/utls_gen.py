@@ -17,6 +17,12 @@ listeners on 127.0.0.1 and writes ``spec/templates/chromium-<major>-<transport>.
 * ``quic-h3``: ``--enable-quic --origin-to-force-quic-on``; a UDP listener
   decrypts the Initial packets (RFC 9001 keys) and reassembles the CRYPTO data.
 
+``quic-h3`` also runs Chromium against a plain aioquic HTTP/3 server with a
+``QuicLogger`` and records its first two 1-RTT packets with STREAM data in
+``quic.first_1rtt`` (sizes, bytes per stream, the first request's header list);
+``--quic-first-1rtt`` does only that and updates that key of the existing QUIC
+template files in place.
+
 ``--quic-after-initials`` only measures and prints a JSON summary (no
 template is written): Chromium (or, with ``--quic-client qnet``, our own
 ``dial_quic``) runs full QUIC handshakes with our HTTP/3 server
@@ -525,6 +531,163 @@ def capture_quic_after_initials(
     return out
 
 
+def capture_quic_first_1rtt(binary: str, count: int) -> list[dict[str, Any]]:
+    """Chromium against a plain aioquic HTTP/3 server with a ``QuicLogger``; per
+    connection, the first two client 1-RTT packets that carry STREAM data (size and
+    bytes per stream, from the server's qlog) and the first request's decoded headers."""
+    import asyncio
+    import base64
+    import hashlib
+
+    from aioquic.asyncio import serve
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.h3.connection import H3_ALPN, H3Connection
+    from aioquic.h3.events import H3Event, HeadersReceived
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.events import QuicEvent
+    from aioquic.quic.logger import QuicLogger
+    from cryptography.hazmat.primitives import serialization
+
+    from qnet.htx.tls import make_self_signed
+
+    cert, key = make_self_signed(CAPTURE_HOST)
+    heads: dict[str, list[tuple[str, str]]] = {}  # odcid hex -> first request's headers
+
+    class H3Server(QuicConnectionProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.h3 = H3Connection(self._quic)
+
+        def quic_event_received(self, event: QuicEvent) -> None:
+            events: list[H3Event] = self.h3.handle_event(event)
+            for e in events:
+                if isinstance(e, HeadersReceived):
+                    # aioquic internal: the connection's original DCID names its qlog trace
+                    odcid = self._quic.original_destination_connection_id.hex()
+                    heads.setdefault(
+                        odcid, [(k.decode("latin-1"), v.decode("latin-1")) for k, v in e.headers]
+                    )
+                    self.h3.send_headers(e.stream_id, [(b":status", b"200")])
+                    self.h3.send_data(e.stream_id, b"<html>ok</html>", end_stream=True)
+                    self.transmit()
+
+    async def run() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="qnet-h3-") as d:
+            (Path(d) / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            (Path(d) / "k.pem").write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+            logger = QuicLogger()
+            cfg = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN, quic_logger=logger)
+            cfg.load_cert_chain(str(Path(d) / "c.pem"), str(Path(d) / "k.pem"))
+        spki = base64.b64encode(
+            hashlib.sha256(
+                cert.public_key().public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            ).digest()
+        ).decode()
+        server = await serve("127.0.0.1", 0, configuration=cfg, create_protocol=H3Server)
+        port = server._transport.get_extra_info("sockname")[1]  # aioquic internal
+        flags = [
+            "--enable-quic",
+            f"--origin-to-force-quic-on={CAPTURE_HOST}:{port}",
+            f"--ignore-certificate-errors-spki-list={spki}",
+            "--dump-dom",
+        ]
+        try:
+            for _ in range(count):
+                await asyncio.to_thread(
+                    run_chromium, binary, f"https://{CAPTURE_HOST}:{port}/", flags, 15
+                )
+        finally:
+            server.close()
+        return dict(logger.to_dict())
+
+    qlog = asyncio.run(run())
+    out = []
+    for trace in qlog["traces"]:
+        odcid = str(trace.get("common_fields", {}).get("ODCID", ""))
+        packets = []
+        for ev in trace["events"]:
+            data = ev.get("data", {})
+            if ev.get("name") != "transport:packet_received":
+                continue
+            if data.get("header", {}).get("packet_type") != "1RTT":
+                continue
+            streams: dict[str, int] = {}
+            whole = False  # the request stream from offset 0 to its FIN
+            for f in data.get("frames", []):
+                if f.get("frame_type") == "stream":
+                    sid = str(f["stream_id"])
+                    streams[sid] = streams.get(sid, 0) + int(f["length"])
+                    whole = whole or (sid == "0" and f["offset"] == 0 and bool(f.get("fin")))
+            if streams:
+                packets.append({"size": int(data["raw"]["length"]), "streams": streams})
+            if len(packets) == 2:
+                break
+        # Chromium's usual pattern only: the control stream alone, then the whole
+        # request (with control-stream bytes); anything else is left out.
+        if len(packets) == 2 and odcid in heads and set(packets[0]["streams"]) == {"2"} and whole:
+            out.append({"odcid": odcid, "packets": packets, "headers": heads[odcid]})
+        else:
+            say(f"connection {odcid}: first 1-RTT packets {packets} left out")
+    if not out:
+        raise SystemExit("utls_gen: no Chromium HTTP/3 request seen")
+    return out
+
+
+def _first_1rtt(connections: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The template's ``quic.first_1rtt`` from ``capture_quic_first_1rtt``'s rows. The
+    control stream is client stream 2, the request stream 0 (RFC 9114)."""
+    from qnet.htx.quic import first_request_sizes
+    from qnet.htx.tls import FirstOneRtt
+
+    def span(values: Sequence[int]) -> list[int]:
+        return [min(values), max(values)]
+
+    first = [c["packets"][0] for c in connections]
+    second = [c["packets"][1] for c in connections]
+    requests: dict[int, list[list[str]]] = {}
+    for c, p in zip(connections, second, strict=True):
+        requests.setdefault(p["size"], [list(h) for h in c["headers"]])
+    section = {
+        "control_packet_sizes": span([p["size"] for p in first]),
+        "control_stream_bytes": span([p["streams"].get("2", 0) for p in first]),
+        "request_packet_sizes": span([p["size"] for p in second]),
+        "request_control_bytes": span([p["streams"].get("2", 0) for p in second]),
+        "request_stream_bytes": span([p["streams"].get("0", 0) for p in second]),
+        "requests": [{"packet_size": n, "headers": h} for n, h in sorted(requests.items())],
+    }
+    # The length model must give back each captured size for its own authority.
+    for n, h in requests.items():
+        auth = dict((k, v) for k, v in h)[":authority"]
+        one = FirstOneRtt(
+            control_packet_sizes=(0, 0),
+            control_stream_bytes=(0, 0),
+            request_packet_sizes=(0, 0),
+            request_control_bytes=(0, 0),
+            request_stream_bytes=(0, 0),
+            requests=((n, tuple((k, v) for k, v in h)),),
+        )
+        got = first_request_sizes(one, auth, headed=False)
+        if got != (n,):
+            say(f"warning: the QPACK length model gives {got} for a captured {n}")
+    return section
+
+
+def update_first_1rtt(section: dict[str, Any], paths: Sequence[Path]) -> None:
+    """Set ``quic.first_1rtt`` in the QUIC template files, leaving the rest as it is."""
+    for path in paths:
+        template = json.loads(path.read_text())
+        template["quic"]["first_1rtt"] = section
+        path.write_text(json.dumps(template, indent=1, sort_keys=False) + "\n")
+
+
 # --- from captures to a template --------------------------------------------------------
 
 GREASE = "GREASE"
@@ -1014,7 +1177,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quic-client", choices=("chromium", "qnet"), default="chromium")
     ap.add_argument("--quic-drop", type=int, help="drop client datagram N (from 0)")
     ap.add_argument("--quic-datagrams", type=int, default=10, help="client datagrams listed")
+    ap.add_argument(
+        "--quic-first-1rtt",
+        action="store_true",
+        help="only capture Chromium's first 1-RTT packets and update quic.first_1rtt in place",
+    )
     args = ap.parse_args(argv)
+    if args.quic_first_1rtt:
+        binary = ensure_chromium()
+        major = chromium_version(binary).split(".")[0]
+        name = f"chromium-{major}-quic-h3.json"
+        section = _first_1rtt(capture_quic_first_1rtt(binary, args.count))
+        paths = [args.out / name] + ([] if args.no_package_copy else [PACKAGE_DIR / name])
+        update_first_1rtt(section, paths)
+        say(f"quic.first_1rtt: {json.dumps(section)}")
+        return 0
     if args.quic_after_initials:
         binary = ensure_chromium() if args.quic_client == "chromium" else ""
         conns = capture_quic_after_initials(
@@ -1041,6 +1218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if kind == "quic-h3"
                 else capture_tcp(binary, kind, args.count)
             )
+            if kind == "quic-h3":
+                say("capturing Chromium's first 1-RTT packets (aioquic HTTP/3 server, qlog)")
+                caps["quic-h3-first-1rtt"] = capture_quic_first_1rtt(binary, args.count)
             say(f"{kind}: {len(caps[kind])} connections")
         if args.save_captures:
             args.save_captures.write_text(json.dumps({"version": version, "captures": caps}))
@@ -1049,7 +1229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = False
     written = []
     for kind, conns in caps.items():
+        if kind == "quic-h3-first-1rtt":
+            continue
         template = derive_template(kind, version, conns)
+        if kind == "quic-h3" and caps.get("quic-h3-first-1rtt"):
+            template["quic"]["first_1rtt"] = _first_1rtt(caps["quic-h3-first-1rtt"])
         name = f"chromium-{major}-{kind}.json"
         text = json.dumps(template, indent=1, sort_keys=False) + "\n"
         (args.out / name).write_text(text)

@@ -36,12 +36,13 @@ import math
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Final
 
 import trio
 from aioquic._buffer import Buffer
+from aioquic.buffer import size_uint_var
 from aioquic.h3 import events as h3e
 from aioquic.h3.connection import ErrorCode as H3ErrorCode
 from aioquic.h3.connection import H3Connection, Setting
@@ -54,15 +55,17 @@ from aioquic.quic.packet import (
     encode_quic_version_negotiation,
     pull_quic_header,
 )
-from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.packet_builder import PACKET_NUMBER_SEND_SIZE, QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 from aioquic.tls import Epoch
+from pylsqpack import Encoder as QpackEncoder
 
 from qnet.crypto.primitives import random_bytes
 from qnet.htx import cover
 from qnet.htx import quic_initial as qi
 from qnet.htx.errors import HandshakeError, HtxTimeout, TicketError, TlsError
+from qnet.htx.first_flight import HEADLESS
 from qnet.htx.inner import EXPORTER_LABEL
 from qnet.htx.session import HtxConfig
 from qnet.htx.ticket import (
@@ -76,6 +79,7 @@ from qnet.htx.ticket import (
 from qnet.htx.tls import (
     CHROME_QUIC_LAYOUT,
     CHROME_QUIC_TEMPLATE,
+    FirstOneRtt,
     QuicLayout,
     QuicPacketLayout,
     TlsClientConfig,
@@ -94,7 +98,14 @@ from qnet.htx.transport import (
     run_inner_server,
 )
 
-__all__ = ["ALPN", "dial_quic", "serve_quic"]
+__all__ = [
+    "ALPN",
+    "dial_quic",
+    "first_request_sizes",
+    "qpack_headers_length",
+    "reserved_frame",
+    "serve_quic",
+]
 
 log = logging.getLogger("qnet.htx")
 
@@ -108,6 +119,71 @@ MAX_SERVER_CONNECTIONS: Final = 4096
 #: Shortest datagram that may open a connection (RFC 9000 §14.1).
 MIN_INITIAL_DATAGRAM: Final = 1200
 EXT_QUIC_TRANSPORT_PARAMETERS: Final = 0x39
+#: HTTP/3 HEADERS frame type (RFC 9114 §7.2.2).
+H3_HEADERS: Final = 0x01
+#: AEAD tag of a 1-RTT packet.
+AEAD_TAG: Final = 16
+#: A STREAM frame as aioquic 1.7.2 writes it: type, stream id, offset when not 0,
+#: and a 2-byte length (``_write_stream_frame``); this is the type plus the length.
+STREAM_FRAME_FIXED: Final = 3
+#: The shortest reserved frame: a 1-byte type (0x21) and a zero length.
+RESERVED_FRAME_MIN: Final = 2
+
+
+def reserved_frame(size: int, rng: Callable[[int], bytes] = random_bytes) -> bytes:
+    """An HTTP/3 frame of a reserved type (0x1f·N + 0x21, RFC 9114 §7.2.8) that is
+    exactly ``size`` bytes long (type, length and random payload; minimal varints),
+    as Chromium's GREASE frames; receivers ignore it. ``size`` must be 2..16386."""
+    if not RESERVED_FRAME_MIN <= size <= 16386:
+        raise ValueError(f"a reserved frame of {size} bytes cannot be made")
+    # (type length, lowest N, highest N) of the minimal varint encodings
+    kinds = [(1, 0, 0), (2, 1, (0x3FFF - 0x21) // 0x1F), (4, 528, (0x3FFFFFFF - 0x21) // 0x1F)]
+    fits = []
+    for tlen, lo, hi in kinds:
+        for llen, plo, phi in ((1, 0, 63), (2, 64, 16383)):
+            payload = size - tlen - llen
+            if plo <= payload <= phi:
+                fits.append((tlen, lo, hi, payload))
+    tlen, lo, hi, payload = fits[int.from_bytes(rng(2), "big") % len(fits)]
+    n = lo + int.from_bytes(rng(4), "big") % (hi - lo + 1)
+    out = Buffer(capacity=size)
+    out.push_uint_var(0x1F * n + 0x21)
+    out.push_uint_var(payload)
+    out.push_bytes(rng(payload) if payload else b"")
+    assert out.tell() == size and tlen == size_uint_var(0x1F * n + 0x21)
+    return bytes(out.data)
+
+
+def qpack_headers_length(headers: Sequence[tuple[str, str]]) -> int:
+    """Bytes of the HEADERS frame (type, length, field section) a fresh QPACK encoder
+    without a dynamic table makes of ``headers``, as for a browser's first request."""
+    _, section = QpackEncoder().encode(
+        0, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    )
+    return 1 + size_uint_var(len(section)) + len(section)
+
+
+def first_request_sizes(
+    first: FirstOneRtt, authority: str, *, headed: bool = True
+) -> tuple[int, ...]:
+    """Sizes of the browser's first-request 1-RTT packet had it gone to ``authority``
+    (sorted, distinct): each captured size moved by the difference of the HEADERS
+    frame lengths (``qpack_headers_length``) of its header list with ``:authority``
+    (and ``origin``) set to ``authority`` and, ``headed``, the User-Agent without the
+    capture tool's "Headless" marker."""
+    out = set()
+    for size, headers in first.requests:
+        moved = []
+        for name, value in headers:
+            if name == ":authority":
+                value = authority
+            elif name == "origin":
+                value = f"https://{authority}"
+            elif name == "user-agent" and headed:
+                value = value.replace(*HEADLESS)
+            moved.append((name, value))
+        out.add(size + qpack_headers_length(moved) - qpack_headers_length(headers))
+    return tuple(sorted(out))
 
 
 class _Quic(QuicConnection):
@@ -163,6 +239,13 @@ class _Quic(QuicConnection):
         self._qnet_layout = layout if configuration.is_client else None
         self._qnet_server = not configuration.is_client
         self._qnet_first_flight = False
+        first = self._qnet_layout.first_1rtt if self._qnet_layout is not None else None
+        #: the template's first 1-RTT packets, until the first one has been shaped
+        self.qnet_first_1rtt: FirstOneRtt | None = first
+        self._qnet_control_shaped = first is None
+        #: the HTTP/3 control stream (set by the client connection)
+        self.qnet_control_stream: int | None = None
+        self._qnet_hold_ack = False
         super().__init__(
             configuration=configuration,
             original_destination_connection_id=original_destination_connection_id,
@@ -188,7 +271,22 @@ class _Quic(QuicConnection):
         super()._replenish_connection_ids()
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
-        out = super().datagrams_to_send(now)
+        if not self._qnet_control_shaped and self._cryptos[Epoch.ONE_RTT].send.is_valid():
+            self._qnet_control_shaped = True
+            self._shape_control_packet()
+        if self._qnet_hold_ack:
+            # aioquic 1.7.2 internal ``ack_at``: hidden for this call, so that no ACK
+            # joins a shaped 1-RTT packet; it goes out at its timer.
+            self._qnet_hold_ack = False
+            space = self._spaces[Epoch.ONE_RTT]
+            ack_at, space.ack_at = space.ack_at, None
+            try:
+                out = super().datagrams_to_send(now)
+            finally:
+                if space.ack_at is None:
+                    space.ack_at = ack_at
+        else:
+            out = super().datagrams_to_send(now)
         layout = self._qnet_layout
         if layout is None:
             if self._qnet_server:
@@ -211,6 +309,55 @@ class _Quic(QuicConnection):
         # Later CRYPTO Initials are retransmissions: like Chromium's, they are laid
         # out as its first Initial is (fragments, PINGs, padding runs, pn length).
         return [(self._shape(data, shapes[0]), addr) for data, addr in out]
+
+    def one_rtt_base(self) -> int:
+        """A 1-RTT packet's bytes besides its frames (aioquic 1.7.2 internals, as
+        ``one_rtt_size``)."""
+        return 1 + len(self._peer_cid.cid) + PACKET_NUMBER_SEND_SIZE + AEAD_TAG
+
+    def one_rtt_size(self) -> int | None:
+        """The size of the 1-RTT packet aioquic would build now from the stream data
+        waiting to be sent (no ACK, one STREAM frame per stream), or None when
+        nothing waits or a stream waits with more than one range.
+
+        aioquic 1.7.2 internals: ``_peer_cid.cid``, the 2-byte packet number
+        (``PACKET_NUMBER_SEND_SIZE``), the STREAM frame of ``_write_stream_frame``
+        (type, stream id, offset when not 0, 2-byte length) and the sender's
+        ``_pending`` ranges; a packet holds one STREAM frame per stream."""
+        frames = 0
+        for sid, stream in self._streams.items():
+            pending = list(stream.sender._pending)
+            if len(pending) > 1:
+                return None
+            for r in pending:
+                offset = size_uint_var(r.start) if r.start else 0
+                frames += STREAM_FRAME_FIXED + size_uint_var(sid) + offset + r.stop - r.start
+        if not frames:
+            return None
+        return self.one_rtt_base() + frames
+
+    def pad_stream_packet(self, stream_id: int, target: int) -> bool:
+        """Append a reserved HTTP/3 frame to ``stream_id`` so that the next 1-RTT packet
+        (``one_rtt_size``) is ``target`` bytes, and keep ACKs out of it; False (nothing
+        done) if it cannot be made so."""
+        size = self.one_rtt_size()
+        if size is None or target - size < RESERVED_FRAME_MIN or target > MIN_INITIAL_DATAGRAM:
+            return False
+        self.send_stream_data(stream_id, reserved_frame(target - size))
+        self._qnet_hold_ack = True
+        return True
+
+    def _shape_control_packet(self) -> None:
+        """The first 1-RTT packet (control stream, QPACK stream types) brought to a size
+        of the template's ``control_packet_sizes`` with a reserved frame on the control
+        stream, as Chromium's control stream carries one."""
+        first, sid = self.qnet_first_1rtt, self.qnet_control_stream
+        if first is None or sid is None:
+            return
+        lo, hi = first.control_packet_sizes
+        target = lo + int.from_bytes(random_bytes(2), "big") % (hi - lo + 1)
+        if not self.pad_stream_packet(sid, target):
+            log.debug("first 1-RTT packet left unshaped (target %d)", target)
 
     def _shape(self, datagram: bytes, shape: QuicPacketLayout) -> bytes:
         """A client datagram: ``_reshape`` per ``shape`` if it is a lone CRYPTO
@@ -667,6 +814,8 @@ class _ClientConnection(_Connection):
     def __init__(self, quic: _Quic, send: Sender) -> None:
         super().__init__(quic, send)
         self.status: bytes | None = None
+        # aioquic 1.7.2 internal: H3Connection's control stream (made in its __init__)
+        quic.qnet_control_stream = self.h3._local_control_stream_id
 
     def on_h3(self, event: h3e.H3Event) -> None:
         if isinstance(event, h3e.HeadersReceived) and event.stream_id == self.tunnel_id:
@@ -681,11 +830,32 @@ class _ClientConnection(_Connection):
                 self._tunnel_eof = True
 
 
-def _connect_headers(peer: PeerInfo, ticket: str, carriers: Carriers) -> list[tuple[bytes, bytes]]:
-    authority = peer.server_name if peer.port == 443 else f"{peer.server_name}:{peer.port}"
+def _authority(peer: PeerInfo) -> str:
+    return peer.server_name if peer.port == 443 else f"{peer.server_name}:{peer.port}"
+
+
+def _connect_headers(
+    peer: PeerInfo, ticket: str, carriers: Carriers, *, minimal: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """The extended CONNECT's header list; ``minimal``: only what the tunnel needs
+    (the request is then padded to the browser's size, spec/fingerprint.md §5)."""
+    authority = _authority(peer)
     placed = put_ticket(ticket, peer.path, carriers)
     if placed.body:
         raise ValueError("the form-body carrier does not exist on HTTP/3")
+    if minimal:
+        pairs = [
+            (":method", "CONNECT"),
+            (":authority", authority),
+            (":scheme", "https"),
+            (":path", placed.target),
+            (":protocol", "websocket"),
+            ("user-agent", cover.CHROME_UA),
+            ("origin", f"https://{authority}"),
+            ("sec-websocket-version", "13"),
+            *((k.lower(), v) for k, v in placed.headers),
+        ]
+        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
     pairs = [
         (":method", "CONNECT"),
         (":authority", authority),
@@ -717,7 +887,7 @@ async def _open_client_tunnel(conn: _ClientConnection, peer: PeerInfo, carriers:
     ticket = build_ticket(peer.ticket_public, peer.ticket_key_id, time.time(), random_bytes)
     sid = conn.quic.get_next_available_stream_id()
     conn.tunnel_id = sid
-    conn.h3.send_headers(sid, _connect_headers(peer, ticket, carriers))
+    _send_connect(conn, sid, peer, ticket, carriers)
     conn.poke()
     try:
         await conn._wait(lambda: conn.status is not None or conn._tunnel_eof)
@@ -725,6 +895,38 @@ async def _open_client_tunnel(conn: _ClientConnection, peer: PeerInfo, carriers:
         raise TicketError("refused", "connection closed before an answer") from exc
     if conn.status != b"200":
         raise TicketError("refused", f"status {conn.status!r}")
+
+
+def _send_connect(
+    conn: _ClientConnection, sid: int, peer: PeerInfo, ticket: str, carriers: Carriers
+) -> None:
+    """The extended CONNECT. With the template's ``first_1rtt``, when it fits: the
+    minimal header list and, after its HEADERS frame, a reserved frame that brings
+    the 1-RTT packet to a size the browser's first request would have for this
+    authority (``first_request_sizes``), drawn among those it fits; else the full
+    header list as is."""
+    first = conn.quic.qnet_first_1rtt
+    if first is not None:
+        headers = _connect_headers(peer, ticket, carriers, minimal=True)
+        pending = conn.quic.one_rtt_size()
+        base = (pending if pending is not None else conn.quic.one_rtt_base()) + (
+            STREAM_FRAME_FIXED
+            + size_uint_var(sid)
+            + qpack_headers_length([(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers])
+        )
+        # slack for what QPACK's dynamic table may add
+        fits = [
+            t
+            for t in first_request_sizes(first, _authority(peer))
+            if base + RESERVED_FRAME_MIN + 16 <= t <= MIN_INITIAL_DATAGRAM
+        ]
+        if fits:
+            conn.h3.send_headers(sid, headers)
+            target = fits[int.from_bytes(random_bytes(2), "big") % len(fits)]
+            if not conn.quic.pad_stream_packet(sid, target):
+                log.debug("CONNECT packet left unshaped (target %d)", target)
+            return
+    conn.h3.send_headers(sid, _connect_headers(peer, ticket, carriers))
 
 
 class _Udp:

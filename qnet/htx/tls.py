@@ -654,6 +654,22 @@ class CryptoSplit:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FirstOneRtt:
+    """The browser's first two 1-RTT packets that carry STREAM data (spec/fingerprint.md
+    §5): sizes seen as (min, max) and, per packet, the bytes of each stream; the
+    first holds the HTTP/3 control stream, the second the first request, whose
+    decoded header lists and packet sizes are in ``requests`` (for the length
+    model: a size moves by the difference of QPACK lengths for another authority)."""
+
+    control_packet_sizes: tuple[int, int]
+    control_stream_bytes: tuple[int, int]
+    request_packet_sizes: tuple[int, int]
+    request_control_bytes: tuple[int, int]
+    request_stream_bytes: tuple[int, int]
+    requests: tuple[tuple[int, tuple[tuple[str, str], ...]], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class QuicLayout:
     """The browser's QUIC Initial layout (spec/fingerprint.md §5)."""
 
@@ -666,6 +682,7 @@ class QuicLayout:
     transport_parameters: tuple[TransportParameter, ...]
     shuffle_transport_parameters: bool
     crypto_split: CryptoSplit | None = None
+    first_1rtt: FirstOneRtt | None = None
 
     def parameter(self, pid: int) -> bytes | None:
         for p in self.transport_parameters:
@@ -892,6 +909,52 @@ def _parse_quic(q: _Fields) -> QuicLayout:
         transport_parameters=tuple(params),
         shuffle_transport_parameters=q.bool_("shuffle_transport_parameters"),
         crypto_split=_parse_crypto_split(q),
+        first_1rtt=_parse_first_1rtt(q),
+    )
+
+
+def _min_max(f: _Fields, key: str, lo: int, hi: int) -> tuple[int, int]:
+    v = f.get(key)
+    if (
+        not isinstance(v, list)
+        or len(v) != 2
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        or not lo <= v[0] <= v[1] <= hi
+    ):
+        raise TemplateError(f"{f.path}.{key}", f"must be [min, max] integers in {lo}..{hi}")
+    return int(v[0]), int(v[1])
+
+
+def _parse_first_1rtt(q: _Fields) -> FirstOneRtt | None:
+    if q.get("first_1rtt", None) is None:
+        return None
+    f = q.sub("first_1rtt")
+    requests = []
+    for i, raw in enumerate(f.list_("requests")):
+        r = _Fields(raw, f"{f.path}.requests[{i}]")
+        size = r.int_("packet_size", 21, 1500)
+        headers = []
+        for j, h in enumerate(r.list_("headers")):
+            if (
+                not isinstance(h, list)
+                or len(h) != 2
+                or not all(isinstance(x, str) for x in h)
+                or not h[0]
+            ):
+                raise TemplateError(f"{r.path}.headers[{j}]", "must be [name, value] strings")
+            headers.append((str(h[0]), str(h[1])))
+        if not any(name == ":authority" for name, _ in headers):
+            raise TemplateError(f"{r.path}.headers", "needs :authority")
+        requests.append((size, tuple(headers)))
+    if not requests:
+        raise TemplateError(f"{f.path}.requests", "needs at least one request")
+    return FirstOneRtt(
+        control_packet_sizes=_min_max(f, "control_packet_sizes", 21, 1500),
+        control_stream_bytes=_min_max(f, "control_stream_bytes", 0, 1500),
+        request_packet_sizes=_min_max(f, "request_packet_sizes", 21, 1500),
+        request_control_bytes=_min_max(f, "request_control_bytes", 0, 1500),
+        request_stream_bytes=_min_max(f, "request_stream_bytes", 0, 1500),
+        requests=tuple(requests),
     )
 
 
