@@ -19,7 +19,15 @@ from typing import Final
 
 from qnet.crypto import keyed_hash
 from qnet.dir import encoding
-from qnet.dir.descriptor import MAX_BANDWIDTH, MAX_EPOCH, _array, _bad, _exact_map, _typed
+from qnet.dir.descriptor import (
+    MAX_BANDWIDTH,
+    MAX_EPOCH,
+    _array,
+    _bad,
+    _exact_map,
+    _typed,
+    _versioned_map,
+)
 from qnet.dir.flags import Flag, low_median
 from qnet.dir.identity import (
     ED25519_SIG_LEN,
@@ -57,7 +65,8 @@ from qnet.errors import (
     StaleDocument,
 )
 
-CONSENSUS_VERSION: Final = 1
+#: 2: node summaries carry ``server_name``.
+CONSENSUS_VERSION: Final = 2
 CONSENSUS_CONTEXT: Final = b"qnet-dir-v1 consensus\x00"
 CONSENSUS_DIGEST_KEY: Final = b"qnet-dir-v1 consensus-digest".ljust(32, b"\x00")
 SRV_KEY: Final = b"qnet-dir-v1 srv".ljust(32, b"\x00")
@@ -301,9 +310,9 @@ def _node(value: encoding.Value) -> ConsensusEntry:
 
 def decode_consensus_body(body: bytes) -> Consensus:
     """Decode and validate a consensus body. ``MalformedDocument`` only; no signature check."""
-    m = _exact_map("consensus", encoding.decode(body, BODY_LIMITS), _BODY_KEYS)
-    if _typed("version", m["version"], int) != CONSENSUS_VERSION:
-        raise _bad("bad_version", "version", f"only {CONSENSUS_VERSION} is known")
+    m = _versioned_map(
+        "consensus", encoding.decode(body, BODY_LIMITS), _BODY_KEYS, CONSENSUS_VERSION
+    )
     voters = _array("voters", m["voters"])
     if not 1 <= len(voters) <= MAX_AUTHORITIES:
         raise _bad("bad_value", "voters", f"1..{MAX_AUTHORITIES}")

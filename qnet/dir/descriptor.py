@@ -322,6 +322,18 @@ _ADDRESS_KEYS: Final = frozenset({"transport", "ip", "port"})
 _RULE_KEYS: Final = frozenset({"action", "ip", "prefix", "port_min", "port_max"})
 
 
+def _versioned_map(
+    field: str, value: encoding.Value, keys: frozenset[str], version: int
+) -> dict[str, object]:
+    """``_exact_map`` of a document body whose ``version`` must be ``version``. The
+    version is checked first: a body of another version has other keys, and
+    ``bad_version`` says more than naming the first key that differs."""
+    if isinstance(value, dict) and "version" in value:
+        if _typed("version", value["version"], int) != version:
+            raise _bad("bad_version", "version", f"only {version} is known")
+    return _exact_map(field, value, keys)
+
+
 def _exact_map(field: str, value: encoding.Value, keys: frozenset[str]) -> dict[str, object]:
     if not isinstance(value, dict):
         raise _bad("bad_type", field, "must be a map")
@@ -391,13 +403,9 @@ def decode_body(body: bytes) -> Descriptor:
 
     No signature or freshness check: use ``parse_and_verify`` for input from peers.
     """
-    raw = encoding.decode(body, BODY_LIMITS)
-    # The version first: a body of another version has other keys, and saying so
-    # (``bad_version``) beats naming the first key that differs.
-    if isinstance(raw, dict) and "version" in raw:
-        if _typed("version", raw["version"], int) != DESCRIPTOR_VERSION:
-            raise _bad("bad_version", "version", f"only {DESCRIPTOR_VERSION} is known")
-    m = _exact_map("descriptor", raw, _BODY_KEYS)
+    m = _versioned_map(
+        "descriptor", encoding.decode(body, BODY_LIMITS), _BODY_KEYS, DESCRIPTOR_VERSION
+    )
     return Descriptor(
         node_id=_typed("node_id", m["node_id"], bytes),
         published=_typed("published", m["published"], int),

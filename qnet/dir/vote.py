@@ -37,6 +37,7 @@ from qnet.dir.descriptor import (
     _exact_map,
     _rule,
     _typed,
+    _versioned_map,
     check_server_name,
     envelope,
 )
@@ -52,7 +53,8 @@ from qnet.dir.identity import (
 )
 from qnet.errors import BadSignature, MalformedDocument, StaleDocument, UnknownAuthority
 
-VOTE_VERSION: Final = 1
+#: 2: node summaries carry ``server_name``.
+VOTE_VERSION: Final = 2
 VOTE_CONTEXT: Final = b"qnet-dir-v1 vote\x00"
 DIGEST_LEN: Final = 32
 SRV_LEN: Final = 32
@@ -522,9 +524,7 @@ def optional_fixed(name: str, value: object, length: int) -> bytes | None:
 
 def decode_vote_body(body: bytes) -> Vote:
     """Decode and validate a vote body. Raises ``MalformedDocument`` only; no signature check."""
-    m = _exact_map("vote", encoding.decode(body, BODY_LIMITS), _VOTE_KEYS)
-    if _typed("version", m["version"], int) != VOTE_VERSION:
-        raise _bad("bad_version", "version", f"only {VOTE_VERSION} is known")
+    m = _versioned_map("vote", encoding.decode(body, BODY_LIMITS), _VOTE_KEYS, VOTE_VERSION)
     nodes = _array("nodes", m["nodes"])
     if len(nodes) > MAX_NODES:
         raise _bad("bad_value", "nodes", f"at most {MAX_NODES}")
