@@ -185,7 +185,9 @@ class _Wire:
     def queue_record(self, data: bytes, pad_to: int | None) -> None:
         """Queue ``data`` as one record whose content is padded to ``pad_to`` bytes
         (a browser's first-flight length); unpadded when that is ``None``."""
-        if len(data) > MAX_PLAINTEXT:
+        if len(data) > MAX_PLAINTEXT or (pad_to is not None and pad_to < len(data)):
+            pad_to = None  # cannot be shaped: one plain record (or several)
+        if pad_to is None and len(data) > MAX_PLAINTEXT:
             self.queue_app(data)
         else:
             self.tls.send_record(data, pad_to)
