@@ -27,8 +27,10 @@ from qnet.htx.errors import TemplateError
 __all__ = [
     "H2_PREFACE",
     "CapturedRequest",
+    "HEADLESS",
     "H2Priority",
     "HttpFlight",
+    "as_sent_to",
     "h1_head",
     "hpack_length",
     "parse_http_flight",
@@ -95,7 +97,7 @@ class HttpFlight:
         from the User-Agent, as a browser with a window sends it."""
         out = set()
         for req in self.requests:
-            moved = self._substitute(req.headers, authority, headed)
+            moved = as_sent_to(req.headers, authority, headed=headed)
             if self.protocol == "h2":
                 out.add(req.length + hpack_length(moved) - hpack_length(req.headers))
             else:
@@ -106,20 +108,24 @@ class HttpFlight:
                 )
         return tuple(sorted(out))
 
-    def _substitute(
-        self, headers: Sequence[tuple[str, str]], authority: str, headed: bool
-    ) -> list[tuple[str, str]]:
-        out = []
-        for name, value in headers:
-            low = name.lower()
-            if low in (":authority", "host"):
-                value = authority
-            elif low == "origin":
-                value = f"https://{authority}"
-            elif low == "user-agent" and headed:
-                value = value.replace(*HEADLESS)
-            out.append((name, value))
-        return out
+
+def as_sent_to(
+    headers: Sequence[tuple[str, str]], authority: str, *, headed: bool = True
+) -> list[tuple[str, str]]:
+    """A captured request's headers as the browser would send them to ``authority``:
+    ``:authority``/``Host`` and ``Origin`` follow it and, ``headed``, the User-Agent
+    loses the capture tool's "Headless" marker. The base of every length model."""
+    out = []
+    for name, value in headers:
+        low = name.lower()
+        if low in (":authority", "host"):
+            value = authority
+        elif low == "origin":
+            value = f"https://{authority}"
+        elif low == "user-agent" and headed:
+            value = value.replace(*HEADLESS)
+        out.append((name, value))
+    return out
 
 
 def hpack_length(headers: Sequence[tuple[str, str]]) -> int:

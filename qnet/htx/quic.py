@@ -65,7 +65,7 @@ from qnet.crypto.primitives import random_bytes
 from qnet.htx import cover
 from qnet.htx import quic_initial as qi
 from qnet.htx.errors import HandshakeError, HtxTimeout, TicketError, TlsError
-from qnet.htx.first_flight import HEADLESS
+from qnet.htx.first_flight import as_sent_to
 from qnet.htx.inner import EXPORTER_LABEL
 from qnet.htx.session import HtxConfig
 from qnet.htx.ticket import (
@@ -173,15 +173,7 @@ def first_request_sizes(
     capture tool's "Headless" marker."""
     out = set()
     for size, headers in first.requests:
-        moved = []
-        for name, value in headers:
-            if name == ":authority":
-                value = authority
-            elif name == "origin":
-                value = f"https://{authority}"
-            elif name == "user-agent" and headed:
-                value = value.replace(*HEADLESS)
-            moved.append((name, value))
+        moved = as_sent_to(headers, authority, headed=headed)
         out.add(size + qpack_headers_length(moved) - qpack_headers_length(headers))
     return tuple(sorted(out))
 
