@@ -127,3 +127,17 @@ def test_lioness_bit_flip_scrambles_everything(keys: bytes, block: bytes, where:
     dec = crypto.lioness_decrypt(keys, bytes(enc))
     # Both halves change (a stream cipher alone would change one byte).
     assert dec[:32] != block[:32] and dec[32:] != block[32:]
+
+
+def test_aead_key_matches_the_one_shot_functions() -> None:
+    key, nonce, text, ad = bytes(range(32)), bytes(range(12)), b"frame" * 1000, b"header"
+    aead = P.AeadKey(key)
+    sealed = aead.seal(nonce, memoryview(text), ad)
+    assert sealed == P.aead_seal(key, nonce, text, ad)
+    assert aead.open(nonce, memoryview(sealed), ad) == text
+    with pytest.raises(AuthenticationError):
+        aead.open(nonce, sealed[:-1] + bytes([sealed[-1] ^ 1]), ad)
+    with pytest.raises(CryptoError):
+        aead.seal(bytes(11), text)
+    with pytest.raises(CryptoError):
+        P.AeadKey(bytes(31))

@@ -14,6 +14,7 @@ from qnet.routing import relay as R
 from qnet.routing.cells import RelayCell, RelayCommand, Unit, UnitCommand, decode_unit
 from qnet.routing.client import (
     CellReceived,
+    CellsReceived,
     CircuitClosed,
     CircuitFailed,
     CircuitOpened,
@@ -60,7 +61,8 @@ class Net:
     def handle(self, index: int, actions: list[R.Action]) -> None:
         for action in actions:
             if isinstance(action, R.Send):
-                self.deliver(index, action.link, action.unit)
+                for i in range(0, len(action.units), UNIT_LEN):
+                    self.deliver(index, action.link, action.units[i : i + UNIT_LEN])
             elif isinstance(action, R.NeedLink):
                 relay = self.relays[index]
                 if 1 not in relay._links:
@@ -198,7 +200,14 @@ def test_other_path_lengths(n: int) -> None:
     assert net.exit_cells[-1][1].data == b"a:1"
 
 
-def test_a_tampered_cell_in_a_batch_keeps_the_cells_before_it() -> None:
+def _units(actions: list[R.Action]) -> list[bytes]:
+    """The units of every ``Send``, one by one."""
+    blob = b"".join([a.units for a in actions if isinstance(a, R.Send)])
+    return [blob[i : i + UNIT_LEN] for i in range(0, len(blob), UNIT_LEN)]
+
+
+@pytest.mark.parametrize("plaintexts", [False, True])
+def test_a_tampered_cell_in_a_batch_keeps_the_cells_before_it(plaintexts: bool) -> None:
     """The client opens a run of cells as one batch: the cells before a bad one are
     delivered, the circuit closes at it, and the rest count as unknown-circuit drops."""
     net = Net(3)
@@ -208,16 +217,22 @@ def test_a_tampered_cell_in_a_batch_keeps_the_cells_before_it() -> None:
         net.deliver(-1, 0, unit)
     net.run()
     exit_circ = net.exit_cells[0][0]
-    units = [s.unit for s in net.relays[2].exit_send(exit_circ, cells)]
+    units = _units(net.relays[2].exit_send(exit_circ, cells))
     bad = bytearray(units[2])
     bad[600] ^= 0x01
     units[2] = bytes(bad)
     for hop in (1, 0):  # back through the middle and the entry, each as one batch
         actions = net.relays[hop].receive_units(1, units, net.now)
-        units = [s.unit for s in actions if isinstance(s, R.Send)]
+        assert len([a for a in actions if isinstance(a, R.Send)]) == 1  # one write per run
+        units = _units(actions)
     assert len(units) == 6
-    events, replies = net.client.receive_units(units, net.now)
-    assert [e.cell for e in events if isinstance(e, CellReceived)] == cells[:2]
+    if plaintexts:
+        events, replies = net.client.receive_units(units, net.now, plaintexts=True)
+        assert events[0] == CellsReceived(a, b"".join(c.encode() for c in cells[:2]))
+        assert len(events) == 2
+    else:
+        events, replies = net.client.receive_units(units, net.now)
+        assert [e.cell for e in events if isinstance(e, CellReceived)] == cells[:2]
     assert events[-1] == CircuitClosed(a, R.DestroyReason.INTEGRITY)
     assert [decode_unit(r).command for r in replies] == [UnitCommand.DESTROY]
     assert net.client.drops["unknown_circuit"] == 3

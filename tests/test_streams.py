@@ -808,3 +808,118 @@ def test_random_cells_give_events_or_typed_errors(
         except StreamUsageError:
             pass
         _check_invariants(ep)
+
+
+# --- batches of plaintexts ------------------------------------------------------------------
+
+
+def _merge_data(events: list[Event]) -> list[Event]:
+    """Consecutive StreamData of one stream as one (what ``receive_plaintexts`` gives)."""
+    out: list[Event] = []
+    for ev in events:
+        last = out[-1] if out else None
+        if (
+            isinstance(ev, StreamData)
+            and isinstance(last, StreamData)
+            and last.stream_id == ev.stream_id
+        ):
+            out[-1] = StreamData(stream_id=ev.stream_id, data=last.data + ev.data)
+        else:
+            out.append(ev)
+    return out
+
+
+def _plain(command: RelayCommand, sid: int, data: bytes, bad_padding: bool) -> bytes:
+    plain = bytearray(RelayCell(command=command, stream_id=sid, data=data).encode())
+    if bad_padding and len(data) < RELAY_DATA_MAX:
+        plain[-1] = 7
+    return bytes(plain)
+
+
+_BATCH_CELLS = st.lists(
+    st.tuples(
+        st.sampled_from([C.DATA] * 6 + [C.END, C.XON, C.XOFF, C.DROP, C.CONNECTED]),
+        st.sampled_from([1, 2, 3, 9]),
+        st.sampled_from([b"", b"x", b"y" * 700, b"z" * RELAY_DATA_MAX, b"\x01"]),
+        st.sampled_from([False] * 9 + [True]),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=st.lists(_BATCH_CELLS, max_size=5), closes=st.lists(st.integers(1, 3)))
+def test_receive_plaintexts_matches_one_at_a_time(
+    batches: list[list[tuple[RelayCommand, int, bytes, bool]]], closes: list[int]
+) -> None:
+    cfg = StreamConfig(
+        sendme_inc=3, xoff_high=3000, xon_low=1000, xoff_grace_cells=4, max_control_backlog=12
+    )
+    one, many = (CircuitEndpoint(Role.CLIENT, 0.0, cfg) for _ in range(2))
+    for ep in (one, many):
+        for sid in (1, 2, 3):
+            assert ep.open_stream("a.test:1") == sid
+        ep.cells_to_send(0.0)
+        for sid in (1, 2):
+            ep.receive_cell(RelayCell(command=C.CONNECTED, stream_id=sid, data=b"x"), 0.0)
+        for sid in closes[:1]:
+            ep.close(sid, EndReason.MISC)
+    for n, batch in enumerate(batches):
+        plains = [_plain(*cell) for cell in batch]
+        singles: list[Event] = []
+        for p in plains:
+            singles += one.receive_plaintext(p, float(n))
+        batched = many.receive_plaintexts(b"".join(plains), float(n))
+        assert _merge_data(batched) == _merge_data(singles)
+        assert all(len(e.data) < 70_000 for e in batched if isinstance(e, StreamData))
+        assert one.closed == many.closed and one.stream_ids == many.stream_ids
+        assert [one.unread(s) for s in one.stream_ids] == [many.unread(s) for s in many.stream_ids]
+        assert one.plaintexts_to_send(float(n)) == many.plaintexts_to_send(float(n))
+        for sid in one.stream_ids:
+            one.consumed(sid, one.unread(sid))
+            many.consumed(sid, many.unread(sid))
+
+
+def test_plaintexts_to_send_are_the_encoded_cells() -> None:
+    ep = CircuitEndpoint(Role.EXIT, 0.0)
+    for sid in (4, 5):
+        ep.receive_cell(RelayCell(command=C.BEGIN, stream_id=sid, data=b"a.test:1"), 0.0)
+        ep.accept(sid, "192.0.2.1")
+        ep.send(sid, payload(sid, 3 * RELAY_DATA_MAX + 17))
+    ep.close(5)
+    plains = ep.plaintexts_to_send(1.0, limit=7)
+    cells = ep.cells_to_send(1.0)
+    got = [plains[i : i + 2024] for i in range(0, len(plains), 2024)]
+    got += [c.encode() for c in cells]
+    assert [c[0] for c in got] == [C.CONNECTED] * 2 + [C.DATA] * 8 + [C.END]
+    data4 = b"".join(c[5 : 5 + int.from_bytes(c[3:5], "big")] for c in got if c[1:3] == b"\0\4")
+    assert data4 == b"192.0.2.1" + payload(4, 3 * RELAY_DATA_MAX + 17)
+    assert ep.inflight == 11 and ep.buffered == 0
+
+
+def test_cells_gather_data_across_sends() -> None:
+    ep = CircuitEndpoint(Role.EXIT, 0.0)
+    ep.receive_cell(RelayCell(command=C.BEGIN, stream_id=4, data=b"a.test:1"), 0.0)
+    ep.accept(4, "192.0.2.1")
+    sizes = [1, 700, 2019, 5, 3000, 1]
+    sent = [payload(i, n) for i, n in enumerate(sizes)]
+    for chunk in sent:
+        ep.send(4, bytearray(chunk) if len(chunk) == 5 else chunk)
+    cells = ep.cells_to_send(0.0)[1:]
+    assert [len(c.data) for c in cells] == [2019, 2019, 1688]
+    assert b"".join(c.data for c in cells) == b"".join(sent)
+    assert ep.buffered == 0 and ep.send_buffered(4) == 0
+
+
+def test_tiny_sends_are_merged_into_cell_sized_chunks() -> None:
+    ep = CircuitEndpoint(Role.EXIT, 0.0)
+    ep.receive_cell(RelayCell(command=C.BEGIN, stream_id=4, data=b"a.test:1"), 0.0)
+    ep.accept(4, "192.0.2.1")
+    data = payload(9, 10_000)
+    for i in range(len(data)):
+        ep.send(4, data[i : i + 1])
+    st = ep._streams[4]
+    assert all(len(c) >= RELAY_DATA_MAX for c in list(st.chunks)[:-1])
+    assert len(st.chunks) <= len(data) // RELAY_DATA_MAX + 1
+    cells = ep.cells_to_send(0.0)[1:]
+    assert b"".join(c.data for c in cells) == data

@@ -52,6 +52,7 @@ from qnet.node.links import DIAL_ERRORS, CellLink, LinkManager
 from qnet.routing.circuit import HopRoute
 from qnet.routing.client import (
     CellReceived,
+    CellsReceived,
     CircuitClosed,
     CircuitFailed,
     CircuitOpened,
@@ -512,6 +513,9 @@ class Circuit:
     def _on_cell(self, cell_event: CellReceived, now: float) -> None:
         self._handle(self.endpoint.receive_cell(cell_event.cell, now))
 
+    def _on_plaintexts(self, cells_event: CellsReceived, now: float) -> None:
+        self._handle(self.endpoint.receive_plaintexts(cells_event.plaintexts, now))
+
     def _handle(self, events: Iterable[StreamEvent]) -> None:
         for ev in events:
             if isinstance(ev, StreamData):
@@ -568,12 +572,12 @@ class Circuit:
         try:
             while not self.closed:
                 self._wake_event = trio.Event()
-                cells = self.endpoint.cells_to_send(trio.current_time(), batch)
-                if not cells:
+                plains = self.endpoint.plaintexts_to_send(trio.current_time(), batch)
+                if not plains:
                     await self._wake_event.wait()
                     continue
                 try:
-                    units = self._table.send(self.circ_id, cells)
+                    units = self._table.send_plaintexts(self.circ_id, plains)
                 except KeyError:
                     return  # destroyed meanwhile; whoever did it failed the circuit
                 self._notify_room()
@@ -835,7 +839,7 @@ class CircuitManager:
         if table is None:
             return
         now = trio.current_time()
-        events, replies = table.receive_units(units, now)
+        events, replies = table.receive_units(units, now, plaintexts=True)
         touched: set[Circuit] = set()
         for ev in events:
             self._dispatch(link, ev, now, touched)
@@ -846,7 +850,12 @@ class CircuitManager:
 
     def _dispatch(self, link: CellLink, ev: TableEvent, now: float, touched: set[Circuit]) -> None:
         key = (link.number, ev.circ_id)
-        if isinstance(ev, CellReceived):
+        if isinstance(ev, CellsReceived):
+            circuit = self._circuits.get(key)
+            if circuit is not None:
+                circuit._on_plaintexts(ev, now)
+                touched.add(circuit)
+        elif isinstance(ev, CellReceived):
             circuit = self._circuits.get(key)
             if circuit is not None:
                 circuit._on_cell(ev, now)

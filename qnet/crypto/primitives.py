@@ -164,6 +164,29 @@ def aead_open(key: bytes, nonce: bytes, sealed: bytes, ad: bytes = b"") -> bytes
         raise AuthenticationError("open failed") from exc
 
 
+class AeadKey:
+    """``aead_seal`` / ``aead_open`` under one key, set up once for many messages
+    (a hot path: a stream of frames). Messages may be any bytes-like object."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = ChaCha20Poly1305(_need("key", key, KEY_LEN))
+
+    def seal(self, nonce: bytes, plaintext: bytes | memoryview, ad: bytes = b"") -> bytes:
+        if len(nonce) != NONCE_LEN:
+            raise CryptoError(f"nonce must be {NONCE_LEN} bytes, got {len(nonce)}")
+        return self._aead.encrypt(nonce, plaintext, ad)
+
+    def open(self, nonce: bytes, sealed: bytes | memoryview, ad: bytes = b"") -> bytes:
+        if len(nonce) != NONCE_LEN:
+            raise CryptoError(f"nonce must be {NONCE_LEN} bytes, got {len(nonce)}")
+        try:
+            return self._aead.decrypt(nonce, sealed, ad)
+        except InvalidTag as exc:
+            raise AuthenticationError("open failed") from exc
+
+
 # --- hashing and key derivation ---------------------------------------------------
 
 

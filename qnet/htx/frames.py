@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from qnet.crypto.primitives import AEAD_TAG_LEN, aead_open, aead_seal
+from qnet.crypto.primitives import AEAD_TAG_LEN
 from qnet.errors import AuthenticationError
 from qnet.htx.errors import FrameAuthError, MalformedFrame
 from qnet.htx.keys import DirectionKeys
@@ -209,7 +209,7 @@ def frame_header(ftype: int, stream_id: int, payload_len: int, ext: int = 0) -> 
 
 def seal_raw(keys: DirectionKeys, counter: int, header: bytes, payload: bytes) -> bytes:
     """``header ‖ AEAD(key, nonce(counter), payload, ad=header)``: one wire frame."""
-    return header + aead_seal(keys.key, keys.nonce(counter), payload, header)
+    return header + keys.aead.seal(keys.nonce(counter), payload, header)
 
 
 # --- per-direction state ---------------------------------------------------------------------
@@ -312,9 +312,10 @@ class FrameReader:
         if len(buf) < end:
             return None
         header = bytes(buf[pos : pos + HEADER_LEN])
-        sealed = bytes(buf[pos + HEADER_LEN : end])
         self._pos = end
-        payload, old = self._open(header, sealed)
+        # Opened straight from the buffer; the views end before it can change.
+        with memoryview(buf) as view, view[pos + HEADER_LEN : end] as sealed:
+            payload, old = self._open(header, sealed)
         frame = decode_frame(
             header[3],
             int.from_bytes(header[4:8], "big"),
@@ -328,16 +329,16 @@ class FrameReader:
             self.keys, self.counter = self.keys.next(), 0
         return frame
 
-    def _open(self, header: bytes, sealed: bytes) -> tuple[bytes, bool]:
+    def _open(self, header: bytes, sealed: bytes | memoryview) -> tuple[bytes, bool]:
         """Open under the current key, else (during the overlap) the old one."""
         try:
-            payload = aead_open(self.keys.key, self.keys.nonce(self.counter), sealed, header)
+            payload = self.keys.aead.open(self.keys.nonce(self.counter), sealed, header)
         except AuthenticationError:
             if self._old is None or self._old_left <= 0:
                 raise FrameAuthError("bad_tag") from None
             try:
                 nonce = self._old.nonce(self._old_counter)
-                payload = aead_open(self._old.key, nonce, sealed, header)
+                payload = self._old.aead.open(nonce, sealed, header)
             except AuthenticationError:
                 raise FrameAuthError("bad_tag") from None
             self._old_counter += 1

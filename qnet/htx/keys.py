@@ -8,15 +8,16 @@ From the 32-byte ``session_secret`` of the inner handshake:
 * from a traffic secret, the AEAD ``key`` and a 12-byte ``nonce_salt``;
 * on KEY_UPDATE the sender's secret becomes ``Expand-Label(TS, "next", 32)``.
 
-Pure functions over bytes; nothing here keeps state.
+Pure functions over bytes; nothing here keeps state (a ``DirectionKeys`` only
+caches the AEAD set up under its key).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
-from qnet.crypto.primitives import KEY_LEN, NONCE_LEN, hkdf_expand, hkdf_extract
+from qnet.crypto.primitives import KEY_LEN, NONCE_LEN, AeadKey, hkdf_expand, hkdf_extract
 from qnet.errors import CryptoError
 
 LABEL_PREFIX: Final = b"betanet "
@@ -47,6 +48,16 @@ class DirectionKeys:
     key: bytes
     nonce_salt: bytes
     generation: int = 0
+    _aead: AeadKey | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def aead(self) -> AeadKey:
+        """The AEAD under ``key``, set up on first use and kept for every frame."""
+        aead = self._aead
+        if aead is None:
+            aead = AeadKey(self.key)
+            object.__setattr__(self, "_aead", aead)
+        return aead
 
     @classmethod
     def from_secret(cls, secret: bytes, generation: int = 0) -> DirectionKeys:
@@ -67,8 +78,8 @@ class DirectionKeys:
         """``nonce_salt XOR (counter as u64 little-endian ‖ 4 zero bytes)``."""
         if not 0 <= counter < 2**64:
             raise CryptoError("frame counter out of range")
-        pad = counter.to_bytes(8, "little") + bytes(4)
-        return bytes(a ^ b for a, b in zip(self.nonce_salt, pad, strict=True))
+        # As little-endian integers the pad is the counter itself.
+        return (int.from_bytes(self.nonce_salt, "little") ^ counter).to_bytes(NONCE_LEN, "little")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -520,7 +520,8 @@ class HtxSession:
                     self._ready[sid] = None
                     return
                 continue  # blocked by its own window: the stream's update re-queues it
-            data = bytes(st.send_buf[st.send_pos : st.send_pos + n])
+            with memoryview(st.send_buf) as view:
+                data = bytes(view[st.send_pos : st.send_pos + n])
             self._send(StreamFrame(stream_id=sid, offset=st.send_offset, data=data, fin=fin))
             st.send_pos += n
             if st.send_pos >= 65_536 and st.send_pos * 2 >= len(st.send_buf):

@@ -1575,6 +1575,8 @@ class _State(enum.Enum):
 
 
 _HEADER = struct.Struct("!BHH")
+#: The one-byte content type that ends a TLSInnerPlaintext, for each type value.
+_CONTENT_TYPE: Final = [bytes([t]) for t in range(256)]
 
 
 class TlsConnection:
@@ -1649,10 +1651,10 @@ class TlsConnection:
         """Queue application data (split into records of at most 2^14 bytes)."""
         if self._state is not _State.OPEN or self._sent_close:
             raise TlsStateError(f"cannot send application data in state {self._state.value}")
-        view = memoryview(bytes(data))
+        view = memoryview(bytes(data))  # a snapshot: the caller may reuse a bytearray
         for i in range(0, len(view), MAX_PLAINTEXT):
             self._maybe_auto_rekey()
-            self._write_record(CT_APPLICATION_DATA, bytes(view[i : i + MAX_PLAINTEXT]))
+            self._write_record(CT_APPLICATION_DATA, view[i : i + MAX_PLAINTEXT])
 
     def send_record(self, data: bytes, pad_to: int | None = None) -> None:
         """Queue ``data`` as exactly one application-data record; with ``pad_to``, zero
@@ -1732,7 +1734,8 @@ class TlsConnection:
             if len(self._in) < 5 + length:
                 break
             header = bytes(self._in[:5])
-            fragment = bytes(self._in[5 : 5 + length])
+            with memoryview(self._in) as view:
+                fragment = bytes(view[5 : 5 + length])  # one copy, not two
             del self._in[: 5 + length]
             self._handle_record(ctype, header, fragment, events)
 
@@ -1905,13 +1908,13 @@ class TlsConnection:
         for i in range(0, len(data), MAX_PLAINTEXT):
             self._seal(self._write_keys[epoch], CT_HANDSHAKE, data[i : i + MAX_PLAINTEXT])
 
-    def _seal(self, key: _RecordKey, ctype: int, content: bytes, pad: int = 0) -> None:
-        inner = content + bytes([ctype]) + bytes(pad)
+    def _seal(self, key: _RecordKey, ctype: int, content: bytes | memoryview, pad: int = 0) -> None:
+        inner = b"".join((content, _CONTENT_TYPE[ctype], bytes(pad)))
         header = _HEADER.pack(CT_APPLICATION_DATA, TLS12, len(inner) + TAG_LEN)
         self._out += header
         self._out += key.seal(header, inner)
 
-    def _write_record(self, ctype: int, content: bytes) -> None:
+    def _write_record(self, ctype: int, content: bytes | memoryview) -> None:
         if self._write_epoch is None:
             self._out += _HEADER.pack(ctype, TLS12, len(content)) + content
         else:

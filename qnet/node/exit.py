@@ -2,7 +2,7 @@
 
 ``ExitCircuit`` owns a ``CircuitEndpoint(role=EXIT)`` and one Trio task per
 open stream direction. The relay service hands it decrypted relay cells
-(``on_cell``) and gets relay cells back through ``send_cells``.
+(``on_cell``) and gets relay plaintexts back through ``send_plaintexts``.
 
 The policy is applied to a literal address before connecting, and to every
 address a name resolves to (spec/circuits.md §6), so a name that resolves to a
@@ -73,7 +73,7 @@ class ExitCircuit:
         ident: int,
         policy: ExitPolicy,
         *,
-        send_cells: Callable[[list[RelayCell]], Awaitable[None]],
+        send_plaintexts: Callable[[bytes], Awaitable[None]],
         close: Callable[[DestroyReason], Awaitable[None]],
         config: StreamConfig | None = None,
         connect_timeout: float = 10.0,
@@ -81,7 +81,7 @@ class ExitCircuit:
     ) -> None:
         self.ident = ident
         self.policy = policy
-        self._send_cells = send_cells
+        self._send_plaintexts = send_plaintexts
         self._close = close
         self._connect_timeout = connect_timeout
         self._bind = bind_address
@@ -138,9 +138,9 @@ class ExitCircuit:
         self._wake.set()
 
     async def _flush(self) -> None:
-        out = self.endpoint.cells_to_send(trio.current_time())
+        out = self.endpoint.plaintexts_to_send(trio.current_time())
         if out:
-            await self._send_cells(out)
+            await self._send_plaintexts(out)
         self._progress.set()
         self._progress = trio.Event()
 

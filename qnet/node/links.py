@@ -43,20 +43,24 @@ class CellLink:
         self._buffer = bytearray()
         self._send_lock = trio.Lock()
         self._queue: list[bytes] = []
+        self._queued = 0  # units in _queue
         self._queued_ready = trio.Event()
         self.closed = False
 
     def queue_units(self, units: list[bytes], limit: int) -> bool:
-        """Queue units for this link's writer task without waiting.
+        """Queue units for this link's writer task without waiting. Each item of
+        ``units`` is one or more whole units, back to back.
 
-        Returns ``False`` (and queues nothing) when ``limit`` units are already
-        waiting: the peer is not reading and the caller should shed load. Readers
+        Returns ``False`` (and queues nothing) when more than ``limit`` units would
+        be waiting: the peer is not reading and the caller should shed load. Readers
         never block on writes this way, so two relays sending to each other cannot
         deadlock on full flow-control windows.
         """
-        if self.closed or len(self._queue) + len(units) > limit:
+        count = sum(map(len, units)) // UNIT_LEN
+        if self.closed or self._queued + count > limit:
             return False
-        self._queue.extend(units)
+        self._queue += units
+        self._queued += count
         self._queued_ready.set()
         return True
 
@@ -66,6 +70,7 @@ class CellLink:
             await self._queued_ready.wait()
             self._queued_ready = trio.Event()
             units, self._queue = self._queue, []
+            self._queued = 0
             if units:
                 await self.send_units(units)
 

@@ -21,7 +21,6 @@ from qnet.mix import sphinx as S
 from qnet.node.exit import ExitCircuit, ExitPolicy
 from qnet.node.links import DIAL_ERRORS, CellLink, LinkManager
 from qnet.routing import relay as R
-from qnet.routing.cells import RelayCell
 
 log = logging.getLogger("qnet.node.relay")
 
@@ -140,7 +139,7 @@ class RelayService:
         follow_up: list[R.Action] = []
         for action in actions:
             if isinstance(action, R.Send):
-                sends[action.link].append(action.unit)
+                sends[action.link].append(action.units)
             elif isinstance(action, R.SphinxIn):
                 sphinx[action.link].append(action.packet)
             elif isinstance(action, R.NeedLink):
@@ -187,8 +186,8 @@ class RelayService:
     def _open_exit(self, ident: int) -> None:
         assert self._nursery is not None and self.exit_policy is not None
 
-        async def send_cells(cells: list[RelayCell]) -> None:
-            await self.dispatch(self.engine.exit_send(ident, cells))
+        async def send_plaintexts(plains: bytes) -> None:
+            await self.dispatch(self.engine.exit_send_plaintexts(ident, plains))
 
         async def close(reason: R.DestroyReason) -> None:
             self._exits.pop(ident, None)
@@ -197,7 +196,7 @@ class RelayService:
         circuit = ExitCircuit(
             ident,
             self.exit_policy,
-            send_cells=send_cells,
+            send_plaintexts=send_plaintexts,
             close=close,
             bind_address=self.exit_bind_address,
         )

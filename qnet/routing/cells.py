@@ -138,7 +138,7 @@ def decode_relay_cell(plain: bytes) -> RelayCell:
     if length > RELAY_DATA_MAX:
         raise MalformedCell("bad_length", f"data length {length} > {RELAY_DATA_MAX}")
     end = RELAY_HEADER_LEN + length
-    if any(plain[end:]):
+    if plain.count(0, end) != CELL_PLAINTEXT_LEN - end:  # any(plain[end:]), in C
         raise MalformedCell("bad_padding", "nonzero padding")
     return RelayCell(
         command=command,

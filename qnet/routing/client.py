@@ -4,6 +4,7 @@ table = ClientCircuits(dialed=True)
 cid, unit = table.create(path, now)               # write unit to the link
 for event in table.receive_units([unit, ...], now):
     CircuitOpened / CircuitFailed / CircuitClosed / CellReceived
+    (with plaintexts=True, a run of cells is one CellsReceived)
 units = table.send(cid, [RelayCell, ...])           # write them to the link
 unit = table.destroy(cid)
 """
@@ -69,7 +70,18 @@ class CellReceived:
     cell: RelayCell
 
 
-Event = CircuitOpened | CircuitFailed | CircuitClosed | CellReceived
+@dataclass(frozen=True, slots=True)
+class CellsReceived:
+    """``receive_units(..., plaintexts=True)``: consecutive relay plaintexts
+    (2,024 bytes each, joined) of one circuit, opened but not decoded: for
+    ``CircuitEndpoint.receive_plaintexts``, which treats a malformed one as a
+    protocol violation."""
+
+    circ_id: int
+    plaintexts: bytes
+
+
+Event = CircuitOpened | CircuitFailed | CircuitClosed | CellReceived | CellsReceived
 
 
 class _Circuit:
@@ -113,7 +125,13 @@ class ClientCircuits:
         circuit = self._circuits[cid]
         if circuit.onion is None:
             raise KeyError(cid)
-        plains = b"".join([c.encode() for c in cells])
+        return self.send_plaintexts(cid, b"".join([c.encode() for c in cells]))
+
+    def send_plaintexts(self, cid: int, plains: bytes) -> list[bytes]:
+        """``send`` for cells already encoded (2,024-byte plaintexts, joined)."""
+        circuit = self._circuits[cid]
+        if circuit.onion is None:
+            raise KeyError(cid)
         if not plains:
             return []
         sealed = memoryview(circuit.onion.seal_forward_batch(plains))
@@ -146,8 +164,14 @@ class ClientCircuits:
                 units.append(destroy_unit(cid, DestroyReason.TIMEOUT))
         return events, units
 
-    def receive_units(self, raws: Iterable[bytes], now: float) -> tuple[list[Event], list[bytes]]:
-        """Handle units from the entry: events, and units to send back (DESTROYs)."""
+    def receive_units(
+        self, raws: Iterable[bytes], now: float, *, plaintexts: bool = False
+    ) -> tuple[list[Event], list[bytes]]:
+        """Handle units from the entry: events, and units to send back (DESTROYs).
+
+        With ``plaintexts``, a run of RELAY units of one circuit opened as a batch
+        comes out as one ``CellsReceived`` instead of a ``CellReceived`` per cell.
+        """
         events: list[Event] = []
         replies: list[bytes] = []
         run: list[bytes] = []  # consecutive RELAY units of one open circuit
@@ -164,13 +188,13 @@ class ClientCircuits:
                 and fast.onion is not None
             ):
                 if run and fast_cid != run_cid:
-                    self._relay_run(run_cid, run, events, replies)
+                    self._relay_run(run_cid, run, events, replies, plaintexts)
                     run = []
                 run.append(raw)
                 run_cid = fast_cid
                 continue
             if run:
-                self._relay_run(run_cid, run, events, replies)
+                self._relay_run(run_cid, run, events, replies, plaintexts)
                 run = []
             try:
                 unit = decode_unit(raw)
@@ -217,11 +241,16 @@ class ClientCircuits:
             else:
                 self.drops[f"unexpected_{unit.command.name.lower()}"] += 1
         if run:
-            self._relay_run(run_cid, run, events, replies)
+            self._relay_run(run_cid, run, events, replies, plaintexts)
         return events, replies
 
     def _relay_run(
-        self, cid: int, units: list[bytes], events: list[Event], replies: list[bytes]
+        self,
+        cid: int,
+        units: list[bytes],
+        events: list[Event],
+        replies: list[bytes],
+        plaintexts: bool,
     ) -> None:
         """Open consecutive RELAY units of open circuit ``cid`` as one batch: the same
         events, replies and drops as one unit at a time."""
@@ -233,7 +262,11 @@ class ClientCircuits:
         plains, failed = circuit.onion.open_backward_batch(bodies)
         reason: DestroyReason | None = None
         done = 0
-        for i in range(0, len(plains), CELL_PLAINTEXT_LEN):
+        if plaintexts:
+            if plains:
+                events.append(CellsReceived(cid, plains))
+            done = len(plains) // CELL_PLAINTEXT_LEN
+        for i in range(done * CELL_PLAINTEXT_LEN, len(plains), CELL_PLAINTEXT_LEN):
             try:
                 cell = decode_relay_cell(plains[i : i + CELL_PLAINTEXT_LEN])
             except CellError:

@@ -6,7 +6,7 @@ layer owns the links. Links are named by opaque integers the caller assigns.
     engine = RelayEngine(mix_keys, is_exit=True)
     engine.link_opened(link, dialed=False)
     for action in engine.receive_units(link, [unit_bytes, ...], now):
-        Send        -> write action.unit to action.link
+        Send        -> write action.units (whole units) to action.link
         NeedLink    -> open or reuse a link to action.node_id; engine.extend(action.token, link)
         ExitCell    -> the exit's stream layer handles action.cell for circuit action.circuit
         ExitClosed  -> the exit forgets circuit action.circuit
@@ -69,8 +69,11 @@ class DestroyReason(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Send:
+    """Write ``units`` to ``link``: one or more whole 2,048-byte units, back to back
+    (a run of cells for one circuit goes as one ``Send``)."""
+
     link: int
-    unit: bytes
+    units: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +151,14 @@ class _Link:
 
 def _unit(circ_id: int, command: UnitCommand, body: bytes) -> bytes:
     return Unit(circ_id=circ_id, command=command, body=body).encode()
+
+
+def _relay_units(circ_id: int, bodies: bytes) -> bytes:
+    """RELAY units on ``circ_id`` carrying ``bodies`` (2,040 bytes each), back to back."""
+    view = memoryview(bodies)
+    parts: list[bytes | memoryview] = [b""]  # the join puts a header before each body
+    parts += [view[i : i + BODY_LEN] for i in range(0, len(bodies), BODY_LEN)]
+    return relay_unit_header(circ_id).join(parts)
 
 
 def destroy_unit(circ_id: int, reason: DestroyReason) -> bytes:
@@ -391,13 +402,9 @@ class RelayEngine:
         if target is None:
             return []
         out_link, out_cid = target
-        peeled = memoryview(layer.apply_batch(bodies))
+        peeled = layer.apply_batch(bodies)
         self.forwarded_cells += len(units)
-        header = relay_unit_header(out_cid)
-        return [
-            Send(out_link, header + peeled[i : i + BODY_LEN])
-            for i in range(0, len(units) * BODY_LEN, BODY_LEN)
-        ]
+        return [Send(out_link, _relay_units(out_cid, peeled))]
 
     def _exit_receive(self, circuit: _Circuit, bodies: bytes) -> list[Action]:
         layer = circuit.forward
@@ -418,17 +425,17 @@ class RelayEngine:
 
     def exit_send(self, ident: int, cells: Sequence[RelayCell]) -> list[Action]:
         """Seal ``cells`` for the client and send them back down the circuit."""
+        return self.exit_send_plaintexts(ident, b"".join([c.encode() for c in cells]))
+
+    def exit_send_plaintexts(self, ident: int, plains: bytes) -> list[Action]:
+        """``exit_send`` for cells already encoded (2,024-byte plaintexts, joined)."""
         circuit = self._circuits.get(ident)
-        if circuit is None or not circuit.is_exit or not cells:
+        if circuit is None or not circuit.is_exit or not plains:
             return []
         layer = circuit.backward
         assert isinstance(layer, EndLayer)
         link, cid = circuit.prev
-        sealed = memoryview(layer.seal_batch(b"".join([c.encode() for c in cells])))
-        header = relay_unit_header(cid)
-        return [
-            Send(link, header + sealed[i : i + BODY_LEN]) for i in range(0, len(sealed), BODY_LEN)
-        ]
+        return [Send(link, _relay_units(cid, layer.seal_batch(plains)))]
 
     def exit_close(self, ident: int, reason: DestroyReason) -> list[Action]:
         circuit = self._circuits.get(ident)

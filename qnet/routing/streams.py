@@ -13,6 +13,10 @@ move it, and it never reads a clock or touches a socket:
   the streams that have bytes and are not stopped by ``XOFF``, as many as the
   congestion window allows.
 
+The hot paths take and give whole batches of encoded plaintexts instead
+(``receive_plaintexts``, ``plaintexts_to_send``): what the layer crypto opens and
+seals in one call, without a ``RelayCell`` per cell.
+
 There are no timers: ``now`` (seconds, one monotonic clock) only stamps the
 cells whose ``SENDME`` gives an RTT sample.
 
@@ -34,11 +38,12 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import struct
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
-from qnet.constants import RELAY_DATA_MAX
+from qnet.constants import CELL_PLAINTEXT_LEN, RELAY_DATA_MAX, RELAY_HEADER_LEN
 from qnet.errors import CircuitError, DecodeError, QNetError
 from qnet.routing.cells import RelayCell, RelayCommand, decode_relay_cell
 
@@ -297,7 +302,11 @@ def format_target(host: str, port: int) -> str:
 # --- per-stream state ----------------------------------------------------------------------------
 
 
-_COMPACT_AT: Final = 64 * 1024
+#: Command, stream id, data length: the relay plaintext header (spec/cells.md).
+_DATA_HEAD: Final = struct.Struct(">BHH")
+_ZEROS: Final = bytes(RELAY_DATA_MAX)
+#: ``receive_plaintexts`` joins consecutive DATA of one stream up to about this much.
+_JOIN_MAX: Final = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -305,8 +314,11 @@ class _Stream:
     stream_id: int
     state: StreamState
     name: str = ""  # RESOLVE: the name asked for
-    buf: bytearray = field(default_factory=bytearray)
-    pos: int = 0  # first unsent byte of buf
+    # Bytes accepted by send() and not yet in a cell: the chunks as given (no
+    # growing buffer to copy on every send), ``head`` bytes of the first already out.
+    chunks: deque[bytes] = field(default_factory=deque)
+    head: int = 0
+    pending: int = 0
     in_ring: bool = False
     peer_xoff: bool = False  # the far end asked us to stop sending DATA
     unread: int = 0  # delivered to the application, not yet consumed
@@ -314,20 +326,43 @@ class _Stream:
     after_xoff: int = 0  # DATA cells received since our XOFF
     app_closed: bool = False  # close()/refuse() was called: no more events
 
-    @property
-    def pending(self) -> int:
-        return len(self.buf) - self.pos
+    def put(self, data: bytes) -> None:
+        chunks = self.chunks
+        if chunks and len(chunks[-1]) < RELAY_DATA_MAX:
+            # Small sends are merged, so every chunk but the last holds at least a
+            # cell's worth: a trickle of tiny reads cannot cost an object per byte.
+            chunks[-1] += data
+        else:
+            chunks.append(data)
+        self.pending += len(data)
 
-    def take(self, n: int) -> bytes:
-        chunk = bytes(self.buf[self.pos : self.pos + n])
-        self.pos += len(chunk)
-        if self.pos == len(self.buf):
-            self.buf.clear()
-            self.pos = 0
-        elif self.pos >= _COMPACT_AT and self.pos * 2 >= len(self.buf):
-            del self.buf[: self.pos]
-            self.pos = 0
-        return chunk
+    def take_cell(self, out: list[bytes | memoryview]) -> int:
+        """Append the parts of one DATA plaintext (header, up to 2,019 bytes, zero
+        padding) to ``out``, views of the queued chunks; return the data length."""
+        n = min(self.pending, RELAY_DATA_MAX)
+        out.append(_DATA_HEAD.pack(_C.DATA, self.stream_id, n))
+        chunks = self.chunks
+        need = n
+        while need:
+            chunk = chunks[0]
+            start = self.head
+            end = min(start + need, len(chunk))
+            out.append(memoryview(chunk)[start:end] if start or end < len(chunk) else chunk)
+            need -= end - start
+            if end == len(chunk):
+                chunks.popleft()
+                self.head = 0
+            else:
+                self.head = end
+        if n < RELAY_DATA_MAX:
+            out.append(_ZEROS[n:])
+        self.pending -= n
+        return n
+
+    def drop(self) -> None:
+        self.chunks.clear()
+        self.head = 0
+        self.pending = 0
 
 
 _STREAM_STATES: Final = frozenset(
@@ -339,8 +374,9 @@ _STREAM_STATES: Final = frozenset(
         StreamState.END_SENT,
     }
 )
-#: States in which buffered bytes may go out as DATA.
-_SENDING: Final = frozenset({StreamState.OPEN, StreamState.CLOSING})
+#: States in which buffered bytes may go out as DATA (a tuple: ``in`` compares by
+#: identity, where a set would call the enum's Python-level ``__hash__``).
+_SENDING: Final = (StreamState.OPEN, StreamState.CLOSING)
 
 
 class _Act(enum.Enum):
@@ -524,6 +560,91 @@ class CircuitEndpoint:
             return self._fail(StreamProtocolError("malformed", str(exc)))
         return self.receive_cell(cell, now)
 
+    def receive_plaintexts(self, plains: bytes, now: float) -> list[Event]:
+        """``receive_plaintext`` over consecutive 2,024-byte plaintexts, in order (a
+        batch the layer crypto opened); a length that is not a multiple raises
+        ``ValueError``.
+
+        The same cells, state and violations as one at a time, except that DATA in
+        a row on one stream (no other event between) comes out as one ``StreamData``
+        (up to about 64 KiB).
+        """
+        if len(plains) % CELL_PLAINTEXT_LEN:
+            raise ValueError(f"not a multiple of {CELL_PLAINTEXT_LEN} bytes")
+        if not isinstance(plains, bytes):
+            plains = bytes(plains)
+        events: list[Event] = []
+        view = memoryview(plains)
+        parts: list[memoryview] = []
+        joined = 0
+        part_st: _Stream | None = None
+        cfg = self.config
+        streams = self._streams
+        control = self._control
+        data_cmd = int(_C.DATA)
+        unpack_head = _DATA_HEAD.unpack_from
+        for start in range(0, len(plains), CELL_PLAINTEXT_LEN):
+            if self._closed:
+                break
+            # Fast path: a well-formed DATA cell on an open stream, nothing to refuse.
+            command, sid, length = unpack_head(plains, start)
+            st = streams.get(sid) if command == data_cmd else None
+            cell_end = start + CELL_PLAINTEXT_LEN
+            end = start + RELAY_HEADER_LEN + length
+            if (
+                st is None
+                or st.state is not StreamState.OPEN
+                or length > RELAY_DATA_MAX
+                or (st.xoff_sent and st.after_xoff >= cfg.xoff_grace_cells)
+                or (end < cell_end and plains.count(0, end, cell_end) != cell_end - end)
+            ):
+                try:
+                    cell = decode_relay_cell(plains[start:cell_end])
+                except DecodeError as exc:
+                    more = self._fail(StreamProtocolError("malformed", str(exc)))
+                else:
+                    more = self.receive_cell(cell, now)
+                if more:
+                    if parts:
+                        assert part_st is not None
+                        events.append(_joined_data(part_st.stream_id, parts))
+                        parts, joined = [], 0
+                    events += more
+                continue
+            # What _receive and _on_data do for it.
+            self._received += 1
+            if self._received % cfg.sendme_inc == 0:
+                control.append(RelayCell(command=_C.SENDME))
+            if st.xoff_sent:
+                st.after_xoff += 1
+            if length:
+                st.unread += length
+                if part_st is not st or joined >= _JOIN_MAX:
+                    if parts:
+                        assert part_st is not None
+                        events.append(_joined_data(part_st.stream_id, parts))
+                        parts, joined = [], 0
+                    part_st = st
+                parts.append(view[start + RELAY_HEADER_LEN : end])
+                joined += length
+                if not st.xoff_sent and st.unread > cfg.xoff_high and not st.app_closed:
+                    st.xoff_sent = True
+                    st.after_xoff = 0
+                    control.append(RelayCell(command=_C.XOFF, stream_id=st.stream_id))
+            if len(control) > cfg.max_control_backlog:
+                if parts:
+                    assert part_st is not None
+                    events.append(_joined_data(part_st.stream_id, parts))
+                    parts, joined = [], 0
+                events += self._fail(
+                    StreamProtocolError("backlog", f"{len(control)} control cells unsent")
+                )
+                break
+        if parts:
+            assert part_st is not None
+            events.append(_joined_data(part_st.stream_id, parts))
+        return events
+
     def receive_cell(self, cell: RelayCell, now: float) -> list[Event]:
         """Handle one relay cell from the far end, in circuit order.
 
@@ -563,25 +684,42 @@ class CircuitEndpoint:
         SENDME counts as in flight. DATA follows, one cell per stream in turn,
         while fewer than ``cwnd`` cells are in flight.
         """
-        out: list[RelayCell] = []
+        plains = self.plaintexts_to_send(now, limit)
+        return [
+            decode_relay_cell(plains[i : i + CELL_PLAINTEXT_LEN])
+            for i in range(0, len(plains), CELL_PLAINTEXT_LEN)
+        ]
+
+    def plaintexts_to_send(self, now: float, limit: int | None = None) -> bytes:
+        """``cells_to_send`` as their 2,024-byte plaintexts, joined (what a sealing
+        batch takes): the same cells, order and accounting, without a ``RelayCell``
+        per DATA cell."""
+        out: list[bytes | memoryview] = []  # parts of the plaintexts, joined once at the end
         if self._closed:
-            return out
+            return b""
         room = limit if limit is not None else -1
         while self._control and room != 0:
-            self._emit(self._control.popleft(), out, now)
+            cell = self._control.popleft()
+            out.append(cell.encode())
+            self._count_sent(cell.command, now)
             room -= 1
         ring = self._ring
+        streams = self._streams
+        sendme_inc = self.config.sendme_inc
         while ring and room != 0 and self._inflight < self._cwnd:
             sid = ring.popleft()
-            st = self._streams.get(sid)
+            st = streams.get(sid)
             if st is None:
                 continue
             st.in_ring = False
             if st.state not in _SENDING or st.peer_xoff or not st.pending:
                 continue
-            chunk = st.take(RELAY_DATA_MAX)
-            self._buffered -= len(chunk)
-            self._emit(RelayCell(command=_C.DATA, stream_id=sid, data=chunk), out, now)
+            self._buffered -= st.take_cell(out)
+            # _count_sent(DATA), inline on the hot path
+            self._sent += 1
+            self._inflight += 1
+            if self._sent % sendme_inc == 0:
+                self._marks.append(now)
             room -= 1
             if st.pending:
                 ring.append(sid)
@@ -590,13 +728,14 @@ class CircuitEndpoint:
                 # END after the last DATA; a control cell, so not held by the window.
                 st.state = StreamState.END_SENT
                 if room != 0:
-                    self._emit(_end_cell(sid, EndReason.DONE), out, now)
+                    out.append(_end_cell(sid, EndReason.DONE).encode())
+                    self._count_sent(_C.END, now)
                     room -= 1
                 else:
                     self._control.append(_end_cell(sid, EndReason.DONE))
         if ring and self._inflight >= self._cwnd:
             self._cwnd_full = True
-        return out
+        return b"".join(out)
 
     # --- application side ------------------------------------------------------------------
 
@@ -685,7 +824,7 @@ class CircuitEndpoint:
         room = self.send_room(stream_id)
         if len(data) > room:
             raise SendBufferFull(stream_id, room)
-        st.buf += data
+        st.put(data if type(data) is bytes else bytes(data))
         self._buffered += len(data)
         self._schedule(st)
 
@@ -888,8 +1027,12 @@ class CircuitEndpoint:
     # --- internals: send -----------------------------------------------------------------------
 
     def _emit(self, cell: RelayCell, out: list[RelayCell], now: float) -> None:
+        """Hand out ``cell`` with its accounting (tests drive the SENDME marks with it)."""
         out.append(cell)
-        if cell.command is _C.SENDME:
+        self._count_sent(cell.command, now)
+
+    def _count_sent(self, command: RelayCommand, now: float) -> None:
+        if command is _C.SENDME:
             return
         self._sent += 1
         self._inflight += 1
@@ -910,8 +1053,7 @@ class CircuitEndpoint:
 
     def _drop_buffer(self, st: _Stream) -> None:
         self._buffered -= st.pending
-        st.buf = bytearray()
-        st.pos = 0
+        st.drop()
 
     def _forget(self, st: _Stream) -> None:
         self._drop_buffer(st)
@@ -961,6 +1103,10 @@ class CircuitEndpoint:
         self._control.clear()
         self._buffered = 0
         return events
+
+
+def _joined_data(sid: int, parts: list[memoryview]) -> StreamData:
+    return StreamData(stream_id=sid, data=b"".join(parts) if len(parts) > 1 else bytes(parts[0]))
 
 
 def _end_cell(sid: int, reason: EndReason) -> RelayCell:
