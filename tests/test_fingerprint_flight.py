@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -167,10 +168,21 @@ def test_longer_names_move_the_target_like_the_browser() -> None:
 # --- bad sections ----------------------------------------------------------------------
 
 
-def _h2_section() -> dict[str, Any]:
-    text = (T.__file__.rsplit("/", 1)[0]) + "/templates/chromium-156-tcp-h2.json"
-    data: dict[str, Any] = json.loads(open(text).read())
+TEMPLATE_DIR = Path(T.__file__).resolve().parent / "templates"
+
+
+def _template_json(transport: str) -> dict[str, Any]:
+    """The newest packaged Chromium template for ``transport``, as JSON."""
+    newest = max(
+        TEMPLATE_DIR.glob(f"chromium-*-{transport}.json"),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    data: dict[str, Any] = json.loads(newest.read_text())
     return data
+
+
+def _h2_template() -> dict[str, Any]:
+    return _template_json("tcp-h2")
 
 
 @pytest.mark.parametrize(
@@ -190,7 +202,7 @@ def _h2_section() -> dict[str, Any]:
     ],
 )
 def test_malformed_http_section_names_the_field(mutate: Any, field: str) -> None:
-    data = copy.deepcopy(_h2_section())
+    data = copy.deepcopy(_h2_template())
     mutate(data["records"]["http"])
     with pytest.raises(TemplateError) as info:
         parse_template(json.dumps(data))
@@ -198,7 +210,7 @@ def test_malformed_http_section_names_the_field(mutate: Any, field: str) -> None
 
 
 def test_http_section_parses_alone() -> None:
-    section = _h2_section()["records"]["http"]
+    section = _h2_template()["records"]["http"]
     assert isinstance(parse_http_flight(section), HttpFlight)
     with pytest.raises(TemplateError):
         parse_http_flight([1, 2])
@@ -226,12 +238,7 @@ def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
-_TEMPLATES = {
-    kind: json.loads(
-        open(f"{T.__file__.rsplit('/', 1)[0]}/templates/chromium-156-{kind}.json").read()
-    )
-    for kind in ("tcp-h2", "tcp-ws", "quic-h3")
-}
+_TEMPLATES = {kind: _template_json(kind) for kind in ("tcp-h2", "tcp-ws", "quic-h3")}
 _PATHS = {kind: [p for p in _paths(t) if p] for kind, t in _TEMPLATES.items()}
 
 
