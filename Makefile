@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.qnet-installed
 
-.PHONY: setup run test bench vectors lint clean
+.PHONY: setup run test bench vectors templates lint clean
 
 $(STAMP): pyproject.toml setup.py cext/_fast.pyx tools/bootstrap.sh
 	./tools/bootstrap.sh
@@ -33,6 +33,13 @@ vectors: $(STAMP)
 	$(PY) -m tools.gen_htx_vectors
 	$(PY) -m tools.gen_ticket_vectors
 	$(PY) -m tools.gen_inner_vectors
+	$(PY) -m tools.gen_circuit_vectors
+	$(PY) -m tools.gen_consensus_vectors
+
+# Browser templates (spec/templates/, qnet/htx/templates/) from Debian's chromium,
+# which the tool installs with apt-get (saying so) when it is missing and we are root.
+templates: $(STAMP)
+	$(PY) -m tools.utls_gen
 
 lint: $(STAMP)
 	.venv/bin/ruff check qnet tools tests
