@@ -1026,11 +1026,6 @@ class CircuitEndpoint:
 
     # --- internals: send -----------------------------------------------------------------------
 
-    def _emit(self, cell: RelayCell, out: list[RelayCell], now: float) -> None:
-        """Hand out ``cell`` with its accounting (tests drive the SENDME marks with it)."""
-        out.append(cell)
-        self._count_sent(cell.command, now)
-
     def _count_sent(self, command: RelayCommand, now: float) -> None:
         if command is _C.SENDME:
             return
