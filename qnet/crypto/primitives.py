@@ -151,17 +151,12 @@ def chacha20_stream(key: bytes, length: int, nonce: bytes = ZERO_NONCE) -> bytes
 
 def aead_seal(key: bytes, nonce: bytes, plaintext: bytes, ad: bytes = b"") -> bytes:
     """ChaCha20-Poly1305 (RFC 8439): ciphertext ‖ 16-byte tag."""
-    aead = ChaCha20Poly1305(_need("key", key, KEY_LEN))
-    return aead.encrypt(_need("nonce", nonce, NONCE_LEN), bytes(plaintext), bytes(ad))
+    return AeadKey(key).seal(nonce, bytes(plaintext), bytes(ad))
 
 
 def aead_open(key: bytes, nonce: bytes, sealed: bytes, ad: bytes = b"") -> bytes:
     """Inverse of ``aead_seal``; raises ``AuthenticationError`` on any failure."""
-    aead = ChaCha20Poly1305(_need("key", key, KEY_LEN))
-    try:
-        return aead.decrypt(_need("nonce", nonce, NONCE_LEN), bytes(sealed), bytes(ad))
-    except InvalidTag as exc:
-        raise AuthenticationError("open failed") from exc
+    return AeadKey(key).open(nonce, bytes(sealed), bytes(ad))
 
 
 class AeadKey:
@@ -174,15 +169,12 @@ class AeadKey:
         self._aead = ChaCha20Poly1305(_need("key", key, KEY_LEN))
 
     def seal(self, nonce: bytes, plaintext: bytes | memoryview, ad: bytes = b"") -> bytes:
-        if len(nonce) != NONCE_LEN:
-            raise CryptoError(f"nonce must be {NONCE_LEN} bytes, got {len(nonce)}")
-        return self._aead.encrypt(nonce, plaintext, ad)
+        return self._aead.encrypt(_need("nonce", nonce, NONCE_LEN), plaintext, ad)
 
     def open(self, nonce: bytes, sealed: bytes | memoryview, ad: bytes = b"") -> bytes:
-        if len(nonce) != NONCE_LEN:
-            raise CryptoError(f"nonce must be {NONCE_LEN} bytes, got {len(nonce)}")
+        """Raises ``AuthenticationError`` on any failure."""
         try:
-            return self._aead.decrypt(nonce, sealed, ad)
+            return self._aead.decrypt(_need("nonce", nonce, NONCE_LEN), sealed, ad)
         except InvalidTag as exc:
             raise AuthenticationError("open failed") from exc
 
