@@ -48,7 +48,14 @@ import h11
 
 from qnet.htx.errors import TicketError
 from qnet.htx.first_flight import HttpFlight, pick_padded_length
-from qnet.htx.ticket import DEFAULT_CARRIERS, MAX_FORM_BODY, Carriers, extract_ticket, put_ticket
+from qnet.htx.ticket import (
+    DEFAULT_CARRIERS,
+    MAX_FORM_BODY,
+    Carriers,
+    PlacedTicket,
+    extract_ticket,
+    put_ticket,
+)
 
 Rng = Callable[[int], bytes]
 Headers = tuple[tuple[str, str], ...]
@@ -1041,6 +1048,45 @@ def build_upgrade_request(
     return Http1TunnelClient(host, path, ticket_value, rng, carriers=carriers).request_bytes
 
 
+def connect_headers(
+    authority: str, placed: PlacedTicket, user_agent: str, *, minimal: bool = True
+) -> list[tuple[str, str]]:
+    """The extended CONNECT (h2 and HTTP/3) that opens a tunnel, carrying ``placed``.
+
+    ``minimal``: only what the tunnel needs, so that padded it is as long as a
+    browser's first request (spec/fingerprint.md §5, §7); otherwise with the
+    headers a browser's WebSocket request also has.
+    """
+    tunnel = [
+        (":method", "CONNECT"),
+        (":authority", authority),
+        (":scheme", "https"),
+        (":path", placed.target),
+        (":protocol", "websocket"),
+    ]
+    ticket = [(k.lower(), v) for k, v in placed.headers]
+    if minimal:
+        return [
+            *tunnel,
+            ("user-agent", user_agent),
+            ("origin", f"https://{authority}"),
+            ("sec-websocket-version", "13"),
+            *ticket,
+        ]
+    return [
+        *tunnel,
+        ("pragma", "no-cache"),
+        ("cache-control", "no-cache"),
+        ("user-agent", user_agent),
+        ("origin", f"https://{authority}"),
+        ("sec-websocket-version", "13"),
+        ("accept-encoding", "gzip, deflate, br, zstd"),
+        ("accept-language", "en-US,en;q=0.9"),
+        *ticket,
+        ("sec-websocket-extensions", "permessage-deflate; client_max_window_bits"),
+    ]
+
+
 class H2TunnelClient:
     """The client half of an h2 extended-CONNECT tunnel (one tunnel per connection).
 
@@ -1072,17 +1118,9 @@ class H2TunnelClient:
         if placed.body:
             raise ValueError("the form-body carrier does not exist on h2")
         shaped = flight if flight is not None and flight.protocol == "h2" else None
-        headers = [
-            (":method", "CONNECT"),
-            (":authority", authority),
-            (":scheme", "https"),
-            (":path", placed.target),
-            (":protocol", "websocket"),
-            ("user-agent", (shaped.user_agent() if shaped else None) or user_agent),
-            ("origin", f"https://{authority}"),
-            ("sec-websocket-version", "13"),
-            *((k.lower(), v) for k, v in placed.headers),
-        ]
+        headers = connect_headers(
+            authority, placed, (shaped.user_agent() if shaped else None) or user_agent
+        )
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self._conn = h2.connection.H2Connection(config=config)
         self._conn.initiate_connection()

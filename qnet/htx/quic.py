@@ -822,48 +822,16 @@ class _ClientConnection(_Connection):
                 self._tunnel_eof = True
 
 
-def _authority(peer: PeerInfo) -> str:
-    return peer.server_name if peer.port == 443 else f"{peer.server_name}:{peer.port}"
-
-
 def _connect_headers(
     peer: PeerInfo, ticket: str, carriers: Carriers, *, minimal: bool = False
 ) -> list[tuple[bytes, bytes]]:
-    """The extended CONNECT's header list; ``minimal``: only what the tunnel needs
-    (the request is then padded to the browser's size, spec/fingerprint.md §5)."""
-    authority = _authority(peer)
+    """The extended CONNECT's header list (``cover.connect_headers``); ``minimal``:
+    only what the tunnel needs (the request is then padded to the browser's size,
+    spec/fingerprint.md §5)."""
     placed = put_ticket(ticket, peer.path, carriers)
     if placed.body:
         raise ValueError("the form-body carrier does not exist on HTTP/3")
-    if minimal:
-        pairs = [
-            (":method", "CONNECT"),
-            (":authority", authority),
-            (":scheme", "https"),
-            (":path", placed.target),
-            (":protocol", "websocket"),
-            ("user-agent", cover.CHROME_UA),
-            ("origin", f"https://{authority}"),
-            ("sec-websocket-version", "13"),
-            *((k.lower(), v) for k, v in placed.headers),
-        ]
-        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
-    pairs = [
-        (":method", "CONNECT"),
-        (":authority", authority),
-        (":scheme", "https"),
-        (":path", placed.target),
-        (":protocol", "websocket"),
-        ("pragma", "no-cache"),
-        ("cache-control", "no-cache"),
-        ("user-agent", cover.CHROME_UA),
-        ("origin", f"https://{authority}"),
-        ("sec-websocket-version", "13"),
-        ("accept-encoding", "gzip, deflate, br, zstd"),
-        ("accept-language", "en-US,en;q=0.9"),
-        *((k.lower(), v) for k, v in placed.headers),
-        ("sec-websocket-extensions", "permessage-deflate; client_max_window_bits"),
-    ]
+    pairs = cover.connect_headers(peer.authority, placed, cover.CHROME_UA, minimal=minimal)
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
 
 
@@ -909,7 +877,7 @@ def _send_connect(
         # slack for what QPACK's dynamic table may add
         fits = [
             t
-            for t in first_request_sizes(first, _authority(peer))
+            for t in first_request_sizes(first, peer.authority)
             if base + RESERVED_FRAME_MIN + 16 <= t <= MIN_INITIAL_DATAGRAM
         ]
         if fits:

@@ -77,6 +77,11 @@ class PeerInfo:
     server_name: str = "localhost"
     path: str = "/"
 
+    @property
+    def authority(self) -> str:
+        """``:authority`` / ``Host`` of requests to the node (the port only when not 443)."""
+        return self.server_name if self.port == 443 else f"{self.server_name}:{self.port}"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
@@ -639,7 +644,7 @@ async def _open_client_tunnel(
 ) -> bytes:
     """Send the tunnel request, shaped like the browser's first records when the
     template has them (``flight``), and wait for the answer; returns read-ahead."""
-    authority = peer.server_name if peer.port == 443 else f"{peer.server_name}:{peer.port}"
+    authority = peer.authority
     if alpn == "h2":
         client = cover.H2TunnelClient(authority, peer.path, ticket, flight=flight)
         for data, length in client.opening_records():
